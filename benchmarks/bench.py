@@ -1,0 +1,262 @@
+"""Speed and memory benchmark: `make bench`.
+
+Every figure is the median of several runs and a ratio to a floor measured in the same run on
+the same data, because the machines are shared and noisy: absolute times mean little.
+
+- kernel floor: one reduction pass (np.max) plus one float32 -> int8 cast pass
+  (np.copyto(out_int8, x, casting="unsafe")) over the array;
+- file floor: a script that reads every tensor with the safetensors library, runs the kernel
+  floor on it and writes the int8 results with safetensors.numpy.save_file;
+- peers: the seed notebook's NumPy code and gguf's Q8_0 reference quantizer.
+
+    python benchmarks/bench.py [--quick] [--repeat N] [--skip-e2e]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from quantcli.core import QuantSpec, pack, quantize
+from quantcli.core.percentile import percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_time(fn, repeat: int) -> float:
+    fn()  # warm-up: page in the data, build caches
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def kernel_floor(x: np.ndarray, out: np.ndarray) -> None:
+    np.max(x)
+    np.copyto(out, x, casting="unsafe")
+
+
+def seed_absmax(x: np.ndarray) -> np.ndarray:
+    """The seed notebook's absmax: clip(round(x / scale)) on the whole array."""
+    scale = np.max(np.abs(x)) / 127
+    return np.clip(np.round(x / scale), -127, 127).astype(np.int8)
+
+
+def quant_kernel(spec: QuantSpec):
+    def run(x):
+        qt = quantize(x, spec)
+        if spec.bits < 8:
+            pack(qt.codes, spec.bits)
+
+    return run
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.failed: list[str] = []
+
+    def add(self, case: str, seconds: float, versus: str, ratio: float, target: str, ok: bool):
+        mark = "ok" if ok else "MISSED"
+        if not ok:
+            self.failed.append(case)
+        self.rows.append(
+            (case, f"{seconds * 1e3:9.1f} ms", f"{ratio:6.2f}x {versus}", f"{target} {mark}")
+        )
+
+    def print(self) -> None:
+        widths = [max(len(r[i]) for r in self.rows) for i in range(4)]
+        for row in self.rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+
+
+def bench_kernels(report: Report, n: int, repeat: int) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty(x.shape, np.int8)
+    floor = median_time(lambda: kernel_floor(x, out), repeat)
+    print(f"kernel floor on {n}x{n} float32: {floor * 1e3:.1f} ms (max pass + int8 cast pass)")
+    seed = median_time(lambda: seed_absmax(x), repeat)
+
+    cases = [
+        ("absmax int8 tensor", QuantSpec("absmax", 8, "tensor"), 2.0),
+        ("absmax int8 channel", QuantSpec("absmax", 8, "channel"), 2.0),
+        ("absmax int8 group32", QuantSpec("absmax", 8, "group", group_size=32), None),
+        ("zeropoint int8 channel", QuantSpec("zeropoint", 8, "channel"), None),
+        ("absmax int4 group128 +pack", QuantSpec("absmax", 4, "group", group_size=128), 3.0),
+        (
+            "zeropoint int8 p99.99",
+            QuantSpec("zeropoint", 8, "tensor", calibration="percentile"),
+            5.0,
+        ),
+    ]
+    for name, spec, target in cases:
+        t = median_time(lambda spec=spec: quant_kernel(spec)(x), repeat)
+        ok = target is None or t / floor <= target
+        report.add(name, t, "floor", t / floor, f"<= {target}x" if target else "(no target)", ok)
+        if name.startswith("absmax int8 t") or name.startswith("absmax int8 c"):
+            report.add("  vs seed NumPy code", t, "faster", seed / t, ">= 3x", seed / t >= 3)
+
+    # exactness of the percentile path, on the benchmark array itself
+    for p in (99.99, 0.01):
+        exact = np.percentile(x, p)
+        if percentile(x, p) != exact:
+            report.failed.append(f"percentile {p} not exact")
+    np_pct = median_time(lambda: np.percentile(x, 99.99), max(1, repeat // 2))
+    ours = median_time(lambda: percentile(x, 99.99), repeat)
+    report.add(
+        "percentile 99.99 alone",
+        ours,
+        "floor",
+        ours / floor,
+        f"(np.percentile: {np_pct / floor:.1f}x)",
+        True,
+    )
+
+    try:
+        import gguf
+    except ImportError:
+        print("gguf not installed: skipping the Q8_0 comparison")
+        return
+    q8 = QuantSpec("absmax", 8, "group", group_size=32, scale_dtype="float16")
+    ours = median_time(lambda: quantize(x, q8), repeat)
+    theirs = median_time(
+        lambda: gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0), max(1, repeat // 2)
+    )
+    report.add(
+        "Q8_0 numerics (group32 f16)",
+        ours,
+        "faster than gguf",
+        theirs / ours,
+        ">= 3x",
+        theirs / ours >= 3,
+    )
+
+
+FLOOR_SCRIPT = """
+import sys
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+import ml_dtypes  # noqa: F401  (bf16 support)
+src, dst = sys.argv[1], sys.argv[2]
+out = {}
+with safe_open(src, "numpy") as f:
+    for name in f.keys():
+        x = f.get_tensor(name)
+        np.max(x)
+        q = np.empty(x.shape, np.int8)
+        np.copyto(q, x, casting="unsafe")
+        out[name] = q
+save_file(out, dst)
+"""
+
+
+def timed_run(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS in MB of a command, via /usr/bin/time -v when available."""
+    time_bin = shutil.which("time") or "/usr/bin/time"
+    use_time = os.path.exists(time_bin)
+    full = [time_bin, "-v", *cmd] if use_time else cmd
+    start = time.perf_counter()
+    proc = subprocess.run(full, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    rss = 0
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    if match:
+        rss = int(match.group(1)) // 1024
+    return wall, rss
+
+
+def make_checkpoint(path: Path, rows: int, cols: int, dtype) -> None:
+    from quantcli.io.safetensors_writer import SafetensorsWriter
+
+    rng = np.random.default_rng(1)
+    plan = [(f"layers.{i}.weight", np.dtype(dtype), (rows, cols)) for i in range(4)]
+    plan.append(("layers.0.bias", np.dtype(dtype), (rows,)))
+    with open(path, "wb") as f:
+        writer = SafetensorsWriter(f, plan, {"format": "pt"})
+        for name, dt, shape in plan:
+            writer.write(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dt))
+        writer.close()
+
+
+def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
+    import ml_dtypes
+
+    quant = str(Path(sys.executable).with_name("quant"))
+    with tempfile.TemporaryDirectory(prefix="quant-bench-") as tmp:
+        tmp = Path(tmp)
+        floor_py = tmp / "floor.py"
+        floor_py.write_text(FLOOR_SCRIPT)
+        for label, dtype in (("fp32", np.float32), ("bf16", ml_dtypes.bfloat16)):
+            src = tmp / f"model.{label}.safetensors"
+            make_checkpoint(src, rows, cols, dtype)
+            size = src.stat().st_size / 2**20
+            floors, ours = [], []
+            for _ in range(repeat):
+                floors.append(
+                    timed_run([sys.executable, str(floor_py), str(src), str(tmp / "f.st")])
+                )
+                ours.append(
+                    timed_run(
+                        [quant, "compress", str(src), "-o", str(tmp / "q.st"), "--force", "-q"]
+                    )
+                )
+            f_wall = statistics.median(w for w, _ in floors)
+            f_rss = max(r for _, r in floors)
+            q_wall = statistics.median(w for w, _ in ours)
+            q_rss = max(r for _, r in ours)
+            print(f"file floor on {size:.0f} MiB {label}: {f_wall:.2f} s, peak RSS {f_rss} MB")
+            report.add(
+                f"compress {size:.0f} MiB {label}",
+                q_wall,
+                "file floor",
+                q_wall / f_wall,
+                "<= 2.0x",
+                q_wall / f_wall <= 2.0,
+            )
+            report.add(
+                f"  peak RSS {label}", q_rss / 1e3, "(MB/1000)", q_rss, "<= 400 MB", q_rss <= 400
+            )
+
+        small = ROOT / "sample_weights" / "transformer.safetensors"
+        for args in (["--help"], ["inspect", str(small)]):
+            wall = statistics.median(timed_run([quant, *args])[0] for _ in range(5))
+            report.add(f"quant {args[0]} start-up", wall, "s", wall, "< 0.3 s", wall < 0.3)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller arrays (a smoke test)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--skip-e2e", action="store_true")
+    args = parser.parse_args()
+    n = 2048 if args.quick else 8192
+    report = Report()
+    bench_kernels(report, n, args.repeat)
+    if not args.skip_e2e:
+        rows, cols = (1024, 1024) if args.quick else (8192, 4096)
+        bench_end_to_end(report, rows, cols, max(1, args.repeat // 2 + 1))
+    print()
+    report.print()
+    if report.failed:
+        print(f"\nmissed: {', '.join(report.failed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Option types shared by several commands, so every command spells them the same way."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+
+class Scheme(str, Enum):
+    absmax = "absmax"
+    zeropoint = "zeropoint"
+    symmetric = "symmetric"
+    asymmetric = "asymmetric"
+
+
+class Granularity(str, Enum):
+    tensor = "tensor"
+    channel = "channel"
+    group = "group"
+
+
+class Calibration(str, Enum):
+    minmax = "minmax"
+    percentile = "percentile"
+
+
+class NonFinite(str, Enum):
+    error = "error"
+    keep = "keep"
+
+
+class OutputDtype(str, Enum):
+    original = "original"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class ScaleDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+Input = Annotated[
+    str,
+    typer.Argument(
+        metavar="INPUT",
+        help="A .npy, .npz or .safetensors file, a sharded checkpoint (its "
+        "*.safetensors.index.json, or the folder holding it), or - for standard input.",
+        show_default=False,
+    ),
+]
+Output = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="OUTPUT",
+        help="Where to write: a path, or - for standard output. "
+        "Default: beside the input, named after the scheme.",
+        show_default=False,
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
+]
+Include = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--include",
+        help="Quantize only tensors whose name matches this glob (repeatable). "
+        "A tensor it names is quantized even when 1-D or small.",
+        show_default=False,
+    ),
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        help="Keep tensors whose name matches this glob unquantized (repeatable).",
+        show_default=False,
+    ),
+]
+MinElements = Annotated[
+    int,
+    typer.Option(
+        "--min-elements",
+        min=0,
+        help="Keep tensors with fewer elements unquantized (unless --include names them).",
+    ),
+]

@@ -1,0 +1,147 @@
+"""Rendering helpers shared by the commands: consoles, numbers, sizes, JSON, progress.
+
+Data goes to stdout, messages and tables for people to stderr. Rich is used only here and in
+the command modules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+
+# Width for tables written to a file or pipe: wide enough that rows do not wrap in a log.
+# On a terminal (or with COLUMNS set) Rich uses the real width.
+PIPE_WIDTH = 160
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    # markup off: tensor names like "a[0]" must print as they are
+    return Console(
+        stderr=stderr, highlight=False, markup=False, width=PIPE_WIDTH if piped else None
+    )
+
+
+def err_console() -> Console:
+    """The console for tables and messages meant for people: stderr."""
+    return _console(stderr=True)
+
+
+def out_console() -> Console:
+    """The console for tables that are the command's data: stdout."""
+    return _console(stderr=False)
+
+
+SHORT_DTYPES = {
+    "float64": "f64",
+    "float32": "f32",
+    "float16": "f16",
+    "bfloat16": "bf16",
+    "float8_e4m3fn": "f8e4m3",
+    "float8_e5m2": "f8e5m2",
+    "int64": "i64",
+    "int32": "i32",
+    "int16": "i16",
+    "int8": "i8",
+    "uint8": "u8",
+    "bool": "bool",
+}
+
+
+def short_dtype(dtype) -> str:
+    name = str(dtype)
+    return SHORT_DTYPES.get(name, name)
+
+
+def short_spec(spec) -> str:
+    """A compact label of a QuantSpec: ``absmax i8 ch0``, ``zeropoint u4 g128 p99.99``."""
+    kind = "i" if spec.signed else "u"
+    gran = {
+        "tensor": "tensor",
+        "channel": f"ch{spec.axis}",
+        "group": f"g{spec.group_size}",
+    }[spec.granularity]
+    text = f"{spec.scheme} {kind}{spec.bits} {gran}"
+    if spec.calibration == "percentile":
+        text += f" p{spec.percentile:g}"
+    if spec.scale_dtype != "float32":
+        text += f" s{short_dtype(spec.scale_dtype)}"
+    return text
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> ``1.5K`` (binary units, compact for tables)."""
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(value) < 1024 or unit == "T":
+            if unit == "B" or value >= 10:
+                return f"{value:.0f}{unit}"
+            return f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{n}B"
+
+
+def fmt_metric(value: float | None, digits: int = 3) -> str:
+    """Compact number for tables: ``inf`` for exact, scientific for tiny values."""
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if math.isnan(value):
+        return "nan"
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-3 or abs(value) >= 1e5:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
+def fmt_shape(shape) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ")" if len(shape) != 1 else f"({shape[0]},)"
+
+
+def json_safe(value):
+    """Make a JSON-able value strictly valid JSON: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool) -> Iterator:
+    """Yields ``advance(name, done, total)``; shows a bar on stderr only on a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda name, done, total: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        console=err_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def advance(name: str, done: int, total: int) -> None:
+            bar.update(task, total=total, advance=done, description=f"{description} {name}")
+
+        yield advance

@@ -1,0 +1,272 @@
+"""Quantize and dequantize one array: arrays in, arrays out.
+
+``quantize`` calibrates every group, derives scales (and zero points), and computes integer
+codes; ``dequantize`` restores floats. Scales are computed and applied in float32 and stored
+in the spec's scale dtype (as llama.cpp's Q8_0 computes codes with the float32 d and stores d
+as float16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import ml_dtypes
+import numpy as np
+
+from quantcli.core.calibration import chunk_range, tensor_range
+from quantcli.core.layout import param_shape, tiling
+from quantcli.core.metrics import ErrorStats
+from quantcli.core.parallel import CHUNK_ELEMENTS, map_chunks, scratch
+from quantcli.core.schemes import SCALE_NUMPY_DTYPES, SCHEMES
+from quantcli.core.spec import QuantSpec
+from quantcli.errors import InputError, NonFiniteError, SpecError
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+FLOAT_DTYPES = {
+    np.dtype(np.float16),
+    np.dtype(np.float32),
+    np.dtype(np.float64),
+    np.dtype(ml_dtypes.bfloat16),
+    np.dtype(ml_dtypes.float8_e4m3fn),
+    np.dtype(ml_dtypes.float8_e5m2),
+}
+
+
+def is_float_dtype(dtype) -> bool:
+    """True for the float dtypes quant can quantize (fp64, fp32, fp16, bf16, fp8)."""
+    return np.dtype(dtype) in FLOAT_DTYPES
+
+
+@dataclass
+class QuantizedTensor:
+    """A quantized array.
+
+    codes: int8 (absmax) or uint8 (zeropoint), unpacked, ``shape``.
+    scale: ``spec.scale_dtype``, ``param_shape(shape, spec)``.
+    zero_point: uint8 of the scale's shape, or None for absmax.
+    clip_lo / clip_hi: float32 calibrated range of every group (scale's shape); values outside
+    it were clipped. Used for metrics, never stored.
+    stats: error statistics of the reconstruction, when ``quantize(..., measure=True)``.
+    """
+
+    codes: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    spec: QuantSpec
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    clip_lo: np.ndarray | None = field(default=None, repr=False)
+    clip_hi: np.ndarray | None = field(default=None, repr=False)
+    stats: ErrorStats | None = field(default=None, repr=False)
+
+    def dequantize(self, dtype=np.float32) -> np.ndarray:
+        return dequantize(self.codes, self.scale, self.zero_point, self.spec, dtype=dtype)
+
+
+def quantize(
+    x: np.ndarray, spec: QuantSpec, name: str = "tensor", measure: bool = False
+) -> QuantizedTensor:
+    """Quantize ``x`` (any shape; fp64/fp32/fp16/bf16/fp8, computed in float32) with ``spec``.
+
+    measure: also compute the error statistics of the reconstruction from the stored
+    parameters (``QuantizedTensor.stats``), chunk by chunk while the data is in cache.
+
+    Raises SpecError when the spec does not fit the array (e.g. axis out of range),
+    InputError for non-float arrays and NonFiniteError when ``x`` holds NaN or inf.
+    """
+    x = np.asarray(x)
+    if not is_float_dtype(x.dtype):
+        raise InputError(
+            f"unsupported dtype {x.dtype} in tensor {name}: only float tensors "
+            "(float64, float32, float16, bfloat16) can be quantized; convert it or leave it out"
+        )
+    spec = spec.for_tensor(x.shape, name)
+    scheme = SCHEMES[spec.scheme]
+    tiles = tiling(x.shape, spec, CHUNK_ELEMENTS)
+    xv = x.reshape(tiles.view_shape)
+    codes = np.empty(tiles.view_shape, scheme.code_dtype)
+    params = _ParamArrays.empty(tiles.param_view_shape, spec.has_zero_point)
+
+    def chunk(index, p) -> ErrorStats:
+        """Encode (and measure) one chunk with parameters ``p`` of its groups."""
+        part, out = _float32(xv[index]), codes[index]
+        if not _is_finite(p, part, spec):
+            raise _nonfinite_error(xv, name)
+        scale, zp = tiles.expand(p.scale, part), _expand_optional(tiles, p.zero_point, part)
+        scheme.encode(part, scale, zp, spec, out=out)
+        if spec.calibration == "percentile" and p.empty.any():
+            # the range is the point 0: every value of the group is clipped to exactly 0
+            np.copyto(out, 0, where=tiles.expand(p.empty, part))
+        if not measure:
+            return ErrorStats()
+        return _measure(tiles, scheme, spec, part, out, p, name)
+
+    if tiles.independent:
+        # every group lies inside one chunk: calibrate, encode and measure it in cache
+        def run(index) -> ErrorStats:
+            part = _float32(xv[index])
+            p = scheme.params(*chunk_range(tiles, part, spec), spec)
+            params.part(index).store(p)
+            return chunk(index, p)
+    else:
+        # one group spans every chunk: its range comes first (chunk by chunk for min-max)
+        p = scheme.params(*tensor_range(tiles, xv, spec), spec)
+        params.store(p)
+
+        def run(index) -> ErrorStats:
+            return chunk(index, p)
+
+    stats = ErrorStats()
+    for chunk_stats in map_chunks(run, tiles.chunks):
+        stats = stats.merge(chunk_stats)
+    pshape = param_shape(x.shape, spec)
+    return QuantizedTensor(
+        codes=codes.reshape(x.shape),
+        scale=_store_scale(params.scale.reshape(pshape), spec, name),
+        zero_point=None if params.zero_point is None else params.zero_point.reshape(pshape),
+        spec=spec,
+        shape=x.shape,
+        dtype=x.dtype,
+        clip_lo=params.lo.reshape(pshape),
+        clip_hi=params.hi.reshape(pshape),
+        stats=stats if measure else None,
+    )
+
+
+def dequantize(codes, scale, zero_point, spec: QuantSpec, dtype=np.float32) -> np.ndarray:
+    """Restore floats: ``(codes - zero_point) * scale`` per group, in float32, cast to ``dtype``.
+
+    codes: unpacked int8/uint8 of the tensor's shape; scale/zero_point as ``quantize`` gives.
+    """
+    codes = np.asarray(codes)
+    spec = spec.for_tensor(codes.shape)
+    scheme = SCHEMES[spec.scheme]
+    tiles = tiling(codes.shape, spec, CHUNK_ELEMENTS)
+    cv = codes.reshape(tiles.view_shape)
+    scale32 = np.asarray(scale, np.float32).reshape(tiles.param_view_shape)
+    zpv = None if zero_point is None else np.asarray(zero_point).reshape(tiles.param_view_shape)
+    out = np.empty(tiles.view_shape, np.float32)
+    saturate = _may_overflow(scale32, spec)
+
+    def run(index) -> None:
+        part, pi = cv[index], index if tiles.independent else Ellipsis
+        zp = None if zpv is None else tiles.expand(zpv[pi], part)
+        with np.errstate(over="ignore") if saturate else contextlib.nullcontext():
+            scheme.decode(part, tiles.expand(scale32[pi], part), zp, out=out[index])
+        if saturate:
+            np.clip(out[index], -F32_MAX, F32_MAX, out=out[index])
+
+    map_chunks(run, tiles.chunks)
+    out = out.reshape(codes.shape)
+    return out if np.dtype(dtype) == np.float32 else out.astype(dtype)
+
+
+def clipped_mask(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
+    """bool of x's shape: True where calibration clipped the element (outside [lo, hi])."""
+    tiles = tiling(np.shape(x), qt.spec, CHUNK_ELEMENTS)
+    xv = np.asarray(x).reshape(tiles.view_shape)
+    lo = qt.clip_lo.reshape(tiles.param_view_shape)
+    hi = qt.clip_hi.reshape(tiles.param_view_shape)
+    mask = np.empty(tiles.view_shape, bool)
+    for index in tiles.chunks:
+        part, pi = _float32(xv[index]), index if tiles.independent else Ellipsis
+        mask[index] = (part < tiles.expand(lo[pi], part)) | (part > tiles.expand(hi[pi], part))
+    return mask.reshape(np.shape(x))
+
+
+@dataclass
+class _ParamArrays:
+    """The parameter arrays of a tensor (or views of a part of them), in the tiling's
+    parameter view."""
+
+    scale: np.ndarray  # float32
+    lo: np.ndarray  # float32
+    hi: np.ndarray  # float32
+    zero_point: np.ndarray | None  # uint8
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...], zero_point: bool) -> _ParamArrays:
+        # an empty tensor keeps these defaults: scale 1, range [0, 0], zero point 0
+        zp = np.zeros(shape, np.uint8) if zero_point else None
+        zeros = np.zeros(shape, np.float32)
+        return cls(np.ones(shape, np.float32), zeros, zeros.copy(), zp)
+
+    def part(self, index) -> _ParamArrays:
+        zp = None if self.zero_point is None else self.zero_point[index]
+        return _ParamArrays(self.scale[index], self.lo[index], self.hi[index], zp)
+
+    def store(self, p) -> None:
+        """Write the parameters ``p`` (of this part's shape) into the arrays."""
+        self.scale[...] = p.scale
+        self.lo[...] = p.lo
+        self.hi[...] = p.hi
+        if self.zero_point is not None:
+            self.zero_point[...] = p.zero_point
+
+
+def _float32(part: np.ndarray) -> np.ndarray:
+    return part if part.dtype == np.float32 else part.astype(np.float32)
+
+
+def _expand_optional(tiles, param, part):
+    return None if param is None else tiles.expand(param, part)
+
+
+def _measure(tiles, scheme, spec: QuantSpec, x, codes, p, name: str) -> ErrorStats:
+    """Error statistics of chunk ``x`` against its reconstruction from the *stored* scales
+    (rounded to the scale dtype), i.e. exactly what decompress will give back."""
+    stored = _store_scale(p.scale, spec, name).astype(np.float32)
+    x_hat = scratch("measure", x.shape, np.float32)
+    zp = _expand_optional(tiles, p.zero_point, x)
+    with np.errstate(over="ignore"):
+        scheme.decode(codes, tiles.expand(stored, x), zp, out=x_hat)
+    if _may_overflow(stored, spec):  # saturate as dequantize does
+        np.clip(x_hat, -F32_MAX, F32_MAX, out=x_hat)
+    clipped = None
+    if spec.calibration == "percentile":
+        clipped = (x < tiles.expand(p.lo, x)) | (x > tiles.expand(p.hi, x))
+    return ErrorStats.of(x, x_hat, clipped)
+
+
+def _may_overflow(scale32: np.ndarray, spec: QuantSpec) -> bool:
+    """True when a reconstruction can exceed float32's range: weights near float32's max
+    reconstruct a little beyond it (the zero point or a float16/bfloat16 scale rounds up by up
+    to half a step); those values saturate at float32's max instead of overflowing to inf."""
+    levels = max(-spec.code_range[0], spec.code_range[1])
+    return scale32.size > 0 and float(scale32.max()) * levels > F32_MAX
+
+
+def _is_finite(p, part: np.ndarray, spec: QuantSpec) -> bool:
+    # min/max propagate NaN and inf into the range, so minmax needs no extra pass; percentile
+    # calibration can leave an inf outside the range, so it checks every element.
+    if spec.calibration == "minmax":
+        return bool(np.isfinite(p.lo).all() and np.isfinite(p.hi).all())
+    return bool(np.isfinite(part).all())
+
+
+def _nonfinite_error(x: np.ndarray, name: str) -> NonFiniteError:
+    x = x.astype(np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    nan = int(np.count_nonzero(np.isnan(x)))
+    return NonFiniteError(
+        f"{bad} non-finite values ({nan} NaN, {bad - nan} inf) in tensor {name}: "
+        "they cannot be quantized; fix the weights, or keep this tensor unquantized "
+        "(--nonfinite keep)"
+    )
+
+
+def _store_scale(scale: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
+    dtype = SCALE_NUMPY_DTYPES[spec.scale_dtype]
+    if dtype == np.float32:
+        return scale
+    with np.errstate(over="ignore"):  # an overflow is reported just below, as a SpecError
+        stored = scale.astype(dtype)
+    if not np.isfinite(stored.astype(np.float32)).all():
+        biggest = float(scale.max())
+        raise SpecError(
+            f"scale {biggest:.4g} overflows {spec.scale_dtype} in tensor {name}: "
+            "the weights are too large for that scale dtype; use --scale-dtype float32"
+        )
+    return stored

@@ -1,0 +1,62 @@
+"""absmax (symmetric): signed codes in [-qmax, qmax], qmax = 2**(b-1) - 1, no zero point.
+
+scale = amax / qmax; q = clip(rint(x / scale), -qmax, qmax); x_hat = q * scale.
+The same as ONNX Runtime's symmetric int8 and llama.cpp's Q8_0 (d = amax / 127).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantcli.core.parallel import scratch
+from quantcli.core.schemes.base import safe_scale
+from quantcli.core.spec import QuantSpec
+
+
+@dataclass
+class AbsmaxParams:
+    amax: np.ndarray  # float32, keepdims
+    scale: np.ndarray  # float32, keepdims
+    zero_point: None = None
+
+    @property
+    def lo(self) -> np.ndarray:
+        return -self.amax
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.amax
+
+    @property
+    def empty(self) -> np.ndarray:
+        return self.amax == 0
+
+
+class Absmax:
+    name = "absmax"
+    code_dtype = np.dtype(np.int8)
+
+    def params(self, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> AbsmaxParams:
+        qmax = spec.code_range[1]
+        amax = np.maximum(hi, -lo)
+        # a slack under half a step keeps amax / scale below qmax + 0.5, so min-max codes
+        # never round past qmax and encode can skip the clip
+        scale = safe_scale(amax / np.float32(qmax), amax, qmax, spec, slack=0.25)
+        return AbsmaxParams(amax=amax, scale=scale)
+
+    def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
+        qmin, qmax = spec.code_range
+        t = scratch("encode", x.shape, np.float32)
+        # an outlier far outside a percentile range can overflow x / scale to inf, which the
+        # clip below turns into the extreme code, as it should
+        with np.errstate(over="ignore"):
+            np.divide(x, scale, out=t)
+        np.rint(t, out=t)
+        if spec.calibration != "minmax":  # min-max: |x| <= amax, so |t| <= qmax already
+            np.clip(t, qmin, qmax, out=t)
+        np.copyto(out, t, casting="unsafe")
+
+    def decode(self, codes, scale, zero_point, out: np.ndarray) -> None:
+        np.multiply(codes, scale, out=out, dtype=np.float32)

@@ -1,0 +1,148 @@
+"""The quantization spec: everything one quantization needs, validated in one place."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from quantcli.errors import SpecError
+
+SCHEME_ALIASES = {
+    "absmax": "absmax",
+    "symmetric": "absmax",
+    "zeropoint": "zeropoint",
+    "asymmetric": "zeropoint",
+}
+GRANULARITIES = ("tensor", "channel", "group")
+CALIBRATIONS = ("minmax", "percentile")
+SCALE_DTYPES = ("float32", "float16", "bfloat16")
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize one tensor.
+
+    scheme: ``absmax`` (symmetric, signed codes) or ``zeropoint`` (asymmetric, unsigned codes).
+    granularity: ``tensor`` (one scale), ``channel`` (one scale per index along ``axis``) or
+    ``group`` (one scale per ``group_size`` consecutive elements of the last axis).
+    calibration: ``minmax`` or ``percentile`` (clip the range to the ``percentile``-th value).
+    scale_dtype: the dtype scales are stored in; part of the bits per weight.
+    """
+
+    scheme: str = "absmax"
+    bits: int = 8
+    granularity: str = "channel"
+    axis: int = 0
+    group_size: int = 128
+    calibration: str = "minmax"
+    percentile: float = 99.99
+    scale_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        scheme = SCHEME_ALIASES.get(str(self.scheme).lower())
+        if scheme is None:
+            raise SpecError(
+                f"unknown scheme {self.scheme!r} in quantization spec: "
+                f"choose one of {', '.join(SCHEME_ALIASES)}"
+            )
+        object.__setattr__(self, "scheme", scheme)
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise SpecError(f"bits {self.bits!r} in quantization spec: not an integer; use 2 to 8")
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise SpecError(
+                f"bits {self.bits} in quantization spec: out of range; use {MIN_BITS} to {MAX_BITS}"
+            )
+        if self.granularity not in GRANULARITIES:
+            raise SpecError(
+                f"unknown granularity {self.granularity!r} in quantization spec: "
+                f"choose one of {', '.join(GRANULARITIES)}"
+            )
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+            raise SpecError(f"group size {self.group_size!r} in quantization spec: not an integer")
+        if self.group_size < 1:
+            raise SpecError(
+                f"group size {self.group_size} in quantization spec: must be at least 1; "
+                "use e.g. 32, 64 or 128"
+            )
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise SpecError(f"axis {self.axis!r} in quantization spec: not an integer")
+        if self.calibration not in CALIBRATIONS:
+            raise SpecError(
+                f"unknown calibration {self.calibration!r} in quantization spec: "
+                f"choose one of {', '.join(CALIBRATIONS)}"
+            )
+        p = float(self.percentile)
+        if not (math.isfinite(p) and 50 < p <= 100):
+            raise SpecError(
+                f"percentile {self.percentile} in quantization spec: must be in (50, 100]; "
+                "use e.g. 99.99"
+            )
+        object.__setattr__(self, "percentile", p)
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise SpecError(
+                f"unknown scale dtype {self.scale_dtype!r} in quantization spec: "
+                f"choose one of {', '.join(SCALE_DTYPES)}"
+            )
+
+    # -- derived facts -------------------------------------------------------------------
+
+    @property
+    def signed(self) -> bool:
+        """True when codes are signed (absmax), False when unsigned with a zero point."""
+        return self.scheme == "absmax"
+
+    @property
+    def has_zero_point(self) -> bool:
+        return self.scheme == "zeropoint"
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """(qmin, qmax): absmax uses the restricted symmetric range [-(2^(b-1)-1), 2^(b-1)-1]."""
+        if self.signed:
+            qmax = 2 ** (self.bits - 1) - 1
+            return -qmax, qmax
+        return 0, 2**self.bits - 1
+
+    def resolve_axis(self, ndim: int, name: str = "tensor") -> int:
+        """The channel axis as a non-negative index for an array of ``ndim`` dimensions.
+
+        A 0-d array is quantized as a one-element 1-D array, so it accepts axis 0 and -1.
+        """
+        n = max(ndim, 1)
+        if not -n <= self.axis < n:
+            raise SpecError(
+                f"axis {self.axis} out of range in {name}: it has {ndim} dimension(s); "
+                f"use an axis from {-n} to {n - 1}"
+            )
+        return self.axis % n
+
+    def for_tensor(self, shape: tuple[int, ...], name: str = "tensor") -> QuantSpec:
+        """This spec checked against a tensor shape, with the axis made non-negative."""
+        if self.granularity == "channel":
+            return replace(self, axis=self.resolve_axis(len(shape), name))
+        return self
+
+    def label(self) -> str:
+        """A short human label, e.g. ``absmax int8 channel(0)``, ``zeropoint uint4 group(128)``."""
+        kind = "int" if self.signed else "uint"
+        if self.granularity == "channel":
+            gran = f"channel({self.axis})"
+        elif self.granularity == "group":
+            gran = f"group({self.group_size})"
+        else:
+            gran = "tensor"
+        text = f"{self.scheme} {kind}{self.bits} {gran}"
+        if self.calibration == "percentile":
+            text += f" p{self.percentile:g}"
+        if self.scale_dtype != "float32":
+            text += f" {self.scale_dtype} scales"
+        return text
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuantSpec:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)

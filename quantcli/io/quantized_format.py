@@ -1,0 +1,228 @@
+"""The quantized safetensors format (docs/FORMAT.md is the specification).
+
+For each quantized tensor NAME the file holds:
+
+- NAME: the codes. bits == 8: int8 (absmax) or uint8 (zeropoint) of the original shape.
+  bits < 8: uint8 packed along the last axis (``quantcli.core.packing``), shape
+  ``shape[:-1] + (ceil(shape[-1] * bits / 8),)`` (a 0-d tensor packs as ``(1,)``).
+- NAME.scale: the scales, in the spec's scale dtype, of ``param_shape(shape, spec)``.
+- NAME.zero_point: uint8 zero points of the same shape (zeropoint scheme only).
+
+Kept tensors are stored under their own name, byte for byte. The header's ``__metadata__``
+holds ``quant.format`` = "quantcli", ``quant.format_version``, ``quant.producer``,
+``quant.tensors`` (a JSON object: NAME -> spec fields + original ``shape`` and ``dtype``),
+``quant.source_metadata`` (the input file's own metadata, as JSON, restored by decompress)
+and ``quant.source_format`` (npy, npz or safetensors). A sharded output repeats these keys in
+its index's ``metadata`` for all of its tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantcli import __version__
+from quantcli.core.layout import param_shape
+from quantcli.core.packing import pack, packed_length, unpack
+from quantcli.core.quantize import QuantizedTensor, dequantize
+from quantcli.core.schemes import SCALE_NUMPY_DTYPES
+from quantcli.core.spec import QuantSpec
+from quantcli.errors import QuantError, QuantizedFormatError
+from quantcli.io.dtypes import numpy_dtype, safetensors_dtype
+
+FORMAT_NAME = "quantcli"
+FORMAT_VERSION = "1"
+SCALE_SUFFIX = ".scale"
+ZERO_POINT_SUFFIX = ".zero_point"
+
+KEY_FORMAT = "quant.format"
+KEY_VERSION = "quant.format_version"
+KEY_PRODUCER = "quant.producer"
+KEY_TENSORS = "quant.tensors"
+KEY_SOURCE_METADATA = "quant.source_metadata"
+KEY_SOURCE_FORMAT = "quant.source_format"
+
+
+@dataclass(frozen=True)
+class QuantizedEntry:
+    """What the metadata says of one quantized tensor."""
+
+    name: str
+    spec: QuantSpec
+    shape: tuple[int, ...]
+    dtype: np.dtype  # the original dtype, restored by default
+
+    def to_json(self) -> dict:
+        return {
+            **self.spec.to_dict(),
+            "shape": list(self.shape),
+            "dtype": safetensors_dtype(self.dtype),
+        }
+
+    def stored(self) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+        """(name, dtype, shape) of the arrays this tensor is stored as, in write order."""
+        spec = self.spec
+        if spec.bits == 8:
+            codes = (np.dtype(np.int8 if spec.signed else np.uint8), self.shape or (1,))
+        else:
+            lead, last = (self.shape[:-1], self.shape[-1]) if self.shape else ((), 1)
+            codes = (np.dtype(np.uint8), lead + (packed_length(last, spec.bits),))
+        pshape = param_shape(self.shape, spec)
+        scale_dtype = SCALE_NUMPY_DTYPES[spec.scale_dtype]
+        out = [(self.name, *codes), (self.name + SCALE_SUFFIX, scale_dtype, pshape)]
+        if spec.has_zero_point:
+            out.append((self.name + ZERO_POINT_SUFFIX, np.dtype(np.uint8), pshape))
+        return out
+
+
+def entry_of(name: str, qt: QuantizedTensor) -> QuantizedEntry:
+    return QuantizedEntry(name=name, spec=qt.spec, shape=tuple(qt.shape), dtype=np.dtype(qt.dtype))
+
+
+def stored_arrays(name: str, qt: QuantizedTensor) -> list[tuple[str, np.ndarray]]:
+    """The arrays ``qt`` is written as: codes (packed when bits < 8), scales, zero points."""
+    codes = qt.codes if qt.spec.bits == 8 else pack(qt.codes, qt.spec.bits)
+    codes = codes.reshape(1) if codes.ndim == 0 else codes  # a 0-d tensor is stored as (1,)
+    out = [(name, codes), (name + SCALE_SUFFIX, qt.scale)]
+    if qt.zero_point is not None:
+        out.append((name + ZERO_POINT_SUFFIX, qt.zero_point))
+    return out
+
+
+def _shown(name: str) -> str:
+    """A tensor name for a one-line message: as it is, or escaped when it holds control
+    characters (names come from the file's metadata: a newline would break the line)."""
+    return name if name.isprintable() else repr(name)
+
+
+def header_metadata(
+    entries: list[QuantizedEntry], source_metadata: dict[str, str], source_format: str
+) -> dict[str, str]:
+    """The ``__metadata__`` of a quantized file holding ``entries``.
+
+    source_format: ``npy``, ``npz`` or ``safetensors``, so decompress can default to it.
+    """
+    return {
+        KEY_FORMAT: FORMAT_NAME,
+        KEY_VERSION: FORMAT_VERSION,
+        KEY_PRODUCER: f"quant {__version__}",
+        KEY_TENSORS: json.dumps({e.name: e.to_json() for e in entries}, separators=(",", ":")),
+        KEY_SOURCE_METADATA: json.dumps(source_metadata, separators=(",", ":"), sort_keys=True),
+        KEY_SOURCE_FORMAT: source_format,
+    }
+
+
+def is_quantized(metadata: dict[str, str]) -> bool:
+    return metadata.get(KEY_FORMAT) == FORMAT_NAME
+
+
+def read_entries(metadata: dict[str, str], label: str) -> dict[str, QuantizedEntry]:
+    """Parse and check ``quant.tensors`` of a quantized file's metadata."""
+    version = metadata.get(KEY_VERSION)
+    if version != FORMAT_VERSION:
+        raise QuantizedFormatError(
+            f"unknown quantized format version {version!r} in {label}: this quant reads "
+            f"version {FORMAT_VERSION}; upgrade quant or re-run quant compress"
+        )
+    try:
+        raw = json.loads(metadata.get(KEY_TENSORS, "{}"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        entries = {}
+        for name, item in raw.items():
+            spec = QuantSpec.from_dict(item)
+            shape = tuple(int(n) for n in item["shape"])
+            if any(n < 0 for n in shape):
+                raise ValueError(f"negative dimension in {_shown(name)}")
+            entries[name] = QuantizedEntry(name, spec, shape, numpy_dtype(item["dtype"]))
+    except QuantError as exc:
+        raise QuantizedFormatError(
+            f"bad quant.tensors metadata in {label}: {exc}; the file is damaged, "
+            "re-run quant compress"
+        ) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise QuantizedFormatError(
+            f"bad quant.tensors metadata in {label}: {exc}; the file is damaged, "
+            "re-run quant compress"
+        ) from None
+    return entries
+
+
+def source_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The input file's own metadata, as recorded by compress."""
+    try:
+        data = json.loads(metadata.get(KEY_SOURCE_METADATA, "{}"))
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def source_format(metadata: dict[str, str]) -> str:
+    """The input format compress read (npy, npz or safetensors)."""
+    return metadata.get(KEY_SOURCE_FORMAT, "safetensors")
+
+
+def check_stored(entry: QuantizedEntry, infos: dict, label: str) -> None:
+    """Refuse a file whose stored arrays do not match what ``entry`` says they are.
+
+    infos: name -> TensorInfo of the file's tensors.
+    """
+    for name, dtype, shape in entry.stored():
+        info = infos.get(name)
+        where = f"tensor {_shown(name)} of {label}"
+        if info is None:
+            raise QuantizedFormatError(
+                f"missing {_shown(name)} in {label}: the metadata says {_shown(entry.name)} is "
+                f"quantized with {entry.spec.label()}, which stores it; the file is damaged, "
+                "re-run quant compress"
+            )
+        if np.dtype(info.dtype) != dtype or tuple(info.shape) != tuple(shape):
+            raise QuantizedFormatError(
+                f"mismatch in {where}: stored as {info.dtype} {list(info.shape)} but "
+                f"{entry.spec.label()} of shape {list(entry.shape)} needs {dtype} {list(shape)}; "
+                "the file is damaged, re-run quant compress"
+            )
+    if not entry.spec.has_zero_point and entry.name + ZERO_POINT_SUFFIX in infos:
+        raise QuantizedFormatError(
+            f"unexpected {_shown(entry.name + ZERO_POINT_SUFFIX)} in {label}: "
+            f"{entry.spec.scheme} has no zero points; the file is damaged, re-run quant compress"
+        )
+
+
+def restore(entry: QuantizedEntry, arrays: dict, label: str, dtype=None) -> np.ndarray:
+    """Floats of ``entry`` from its stored arrays, checked; in ``dtype`` (default: original)."""
+    spec = entry.spec
+    codes = unpacked_codes(entry, arrays[entry.name], label)
+    scale = np.asarray(arrays[entry.name + SCALE_SUFFIX])
+    if not np.isfinite(scale.astype(np.float32)).all() or (scale.astype(np.float32) <= 0).any():
+        raise QuantizedFormatError(
+            f"invalid scales in tensor {_shown(entry.name)} of {label}: scales must be finite and "
+            "positive; the file is damaged, re-run quant compress"
+        )
+    zp = arrays.get(entry.name + ZERO_POINT_SUFFIX) if spec.has_zero_point else None
+    if zp is not None and int(np.max(zp, initial=0)) > spec.code_range[1]:
+        raise QuantizedFormatError(
+            f"zero point out of range in tensor {_shown(entry.name)} of {label}: above "
+            f"{spec.code_range[1]} for {spec.bits} bits; the file is damaged, re-run quant compress"
+        )
+    return dequantize(codes, scale, zp, spec, dtype=entry.dtype if dtype is None else dtype)
+
+
+def unpacked_codes(entry: QuantizedEntry, stored: np.ndarray, label: str) -> np.ndarray:
+    """Codes of ``entry`` unpacked to int8/uint8 of its shape, with their range checked."""
+    spec = entry.spec
+    qmin, qmax = spec.code_range
+    if spec.bits == 8:
+        codes = np.asarray(stored)
+    else:
+        last = entry.shape[-1] if entry.shape else 1
+        codes = unpack(stored, spec.bits, last, spec.signed)
+    codes = codes.reshape(entry.shape)
+    if codes.size and (int(codes.min()) < qmin or int(codes.max()) > qmax):
+        raise QuantizedFormatError(
+            f"code out of range in tensor {_shown(entry.name)} of {label}: {spec.label()} codes "
+            f"lie in [{qmin}, {qmax}]; the file is damaged, re-run quant compress"
+        )
+    return codes

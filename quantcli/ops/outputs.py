@@ -1,0 +1,153 @@
+"""Where outputs go, the checks that keep a user's files safe, and writing them whole.
+
+Every output is all or nothing: a temp file in the destination folder renamed into place
+when complete (a sharded output: every shard, then the index); stdout gets its bytes only
+once the whole output has been made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from quantcli.errors import OutputConflictError, OutputError
+from quantcli.io.atomic import AtomicGroup, atomic_write
+
+STDIO = "-"
+# a stdout output is held in memory up to this size, in a temp file beyond it
+_SPOOL_MEMORY = 64 << 20
+
+
+def is_stdio(path) -> bool:
+    return str(path) == STDIO
+
+
+def strip_suffixes(path: Path) -> str:
+    """``model.safetensors`` -> ``model``; ``model.safetensors.index.json`` -> ``model``."""
+    name = path.name
+    for suffix in (".safetensors.index.json", ".safetensors", ".npy", ".npz"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def check_output(output: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse an output that is one of the inputs, that exists without ``force``, or whose
+    folder is missing or is not a folder."""
+    for source in inputs:
+        if _same_file(output, source):
+            raise OutputConflictError(
+                f"output is the input in {output}: quant never writes over its input; "
+                "choose another -o path"
+            )
+    if output.exists() and not force:
+        raise OutputConflictError(
+            f"output exists in {output}: quant does not overwrite files by default; "
+            "pass --force to replace it, or choose another -o path"
+        )
+    parent = output.parent
+    if not parent.is_dir():
+        raise OutputError(
+            f"missing output folder in {output}: {parent} does not exist; create it first"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"unwritable output folder in {output}: no permission to write in {parent}; "
+            "choose a folder you can write to"
+        )
+
+
+def input_paths(input: str, source) -> list[Path]:
+    """The files an output must never replace: the input (the file read, when a folder was
+    given), and a sharded input's index and shards."""
+    if is_stdio(input):
+        return []
+    # a folder input names the file found in it by its label (a file source's path)
+    paths = [Path(input), Path(source.label)]
+    index = getattr(source, "index_path", None)
+    if index is not None:
+        paths.append(Path(index))
+        paths.extend(Path(index).parent / file for file, _ in source.groups())
+    return paths
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+# A shard writer: writes one shard's content into the file object and returns the
+# (stored name, bytes) of every tensor it wrote.
+ShardWriter = Callable[[BinaryIO], list[tuple[str, int]]]
+
+
+def write_file(output: str, inputs: list[Path], force: bool, write: ShardWriter) -> list[str]:
+    """Write one output: to stdout for ``-``, else atomically to the path. Returns the files."""
+    if is_stdio(output):
+        # all or nothing on stdout too: a failure half way (a NaN in the last tensor) must
+        # not leave half a file in the pipe, so the output is spooled and copied when whole
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY) as spool:
+            write(spool)
+            spool.seek(0)
+            shutil.copyfileobj(spool, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
+        return []
+    check_output(Path(output), inputs, force)
+    with atomic_write(Path(output)) as f:
+        write(f)
+    return [output]
+
+
+def write_sharded(
+    folder: Path,
+    index_name: str,
+    inputs: list[Path],
+    force: bool,
+    shards: list[tuple[str, ShardWriter]],
+    index_metadata: dict[str, str],
+) -> list[str]:
+    """Write a sharded checkpoint into ``folder``: every shard, then the index, all renamed
+    into place only when complete. A folder this call created is removed on failure."""
+    created = False
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(
+            f"output is not a folder in {folder}: a sharded checkpoint is written into a "
+            "folder; choose a folder path with -o"
+        )
+    if not folder.exists():
+        if not folder.parent.is_dir():
+            raise OutputError(
+                f"missing output folder in {folder}: {folder.parent} does not exist; "
+                "create it first"
+            )
+        folder.mkdir()
+        created = True
+    try:
+        for file in [f for f, _ in shards] + [index_name]:
+            check_output(folder / file, inputs, force)
+        weight_map: dict[str, str] = {}
+        total = 0
+        with AtomicGroup() as group:
+            for file, write in shards:
+                with group.open(folder / file) as f:
+                    written = write(f)
+                weight_map.update(dict.fromkeys((name for name, _ in written), file))
+                total += sum(nbytes for _, nbytes in written)
+            index = {"metadata": {**index_metadata, "total_size": total}, "weight_map": weight_map}
+            with group.open(folder / index_name) as f:
+                f.write(json.dumps(index, indent=2).encode() + b"\n")
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return [str(folder / file) for file, _ in shards] + [str(folder / index_name)]

@@ -1,0 +1,657 @@
+"""report: what each quantization choice costs and gains on a user's own weights.
+
+Three library functions, each returning a result object and printing nothing:
+
+- ``sweep``: every configuration on every selected tensor. Tensors stream one at a time: a
+  tensor is read once, every configuration runs on it through ``quantcli.ops.tensor.process``
+  (the function compress writes from, so the numbers are exactly those of the file compress
+  would write), and only the statistics are kept. Peak memory follows the largest tensor.
+- ``against``: an existing quantized file (from ``quant compress``) restored tensor by tensor
+  and compared with the original input.
+- ``histogram``: one tensor's values in bins, with each configuration's clipping range and
+  quantization levels, for ``--hist``.
+
+Rows carry ``ErrorStats`` sums, so a configuration's summary over the file is the exact,
+size-weighted merge of its tensors (``ErrorStats.merge``), not an average of averages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
+from itertools import product
+
+import numpy as np
+
+from quantcli.core.metrics import ErrorStats
+from quantcli.core.quantize import quantize
+from quantcli.core.spec import QuantSpec
+from quantcli.errors import InputError, QualityGateError, UsageError
+from quantcli.io.detect import open_input
+from quantcli.io.numpy_files import NpyReader
+from quantcli.io.quantized_format import QuantizedEntry, check_stored, restore
+from quantcli.io.source import TensorInfo, TensorSource
+from quantcli.ops.sources import quantized_entries
+from quantcli.ops.tensor import TensorResult, process
+from quantcli.select import DEFAULT_MIN_ELEMENTS, Selection, Selector
+
+# called after each tensor: (tensor name, its elements, elements of all tensors to measure)
+ProgressFn = Callable[[str, int, int], None]
+
+DEFAULT_SCHEMES = ("absmax", "zeropoint")
+DEFAULT_BITS = (8, 4)
+DEFAULT_GRANULARITIES = ("channel", "group")
+DEFAULT_GROUP_SIZES = (128,)
+DEFAULT_CALIBRATIONS = ("minmax",)
+DEFAULT_SCALE_DTYPES = ("float32",)
+
+# metric -> True when a higher value is worse (sorted first by --sort)
+SORT_METRICS: dict[str, bool] = {
+    "mse": True,
+    "rmse": True,
+    "max_abs_error": True,
+    "sqnr_db": False,
+    "cosine": False,
+    "clipped_fraction": True,
+    "mse_unclipped": True,
+    "bits_per_weight": True,
+    "bytes": True,
+    "ratio": False,
+}
+
+_BASE = QuantSpec()
+
+
+# -- configurations ------------------------------------------------------------------------
+
+
+def configs_from_options(
+    schemes: Sequence[str] = (),
+    bits: Sequence[int] = (),
+    granularities: Sequence[str] = (),
+    group_sizes: Sequence[int] = (),
+    calibrations: Sequence[str] = (),
+    percentile: float | None = None,
+    axis: int | None = None,
+    scale_dtypes: Sequence[str] = (),
+) -> list[QuantSpec]:
+    """The cartesian product of the options, each empty option taking the default sweep's values.
+
+    The default sweep: absmax and zeropoint x 8 and 4 bits x per channel and per group of 128,
+    min-max calibration, float32 scales. A field that does not apply to a configuration
+    (group size off group granularity, percentile off percentile calibration, axis off channel
+    granularity) is left at its default, so equal configurations appear once. Raises
+    UsageError for an option that no configuration uses (e.g. --percentile without
+    --calibration percentile), so nothing is silently ignored.
+    """
+    schemes = list(schemes) or list(DEFAULT_SCHEMES)
+    bits = list(bits) or list(DEFAULT_BITS)
+    granularities = list(granularities) or list(DEFAULT_GRANULARITIES)
+    calibrations = list(calibrations) or list(DEFAULT_CALIBRATIONS)
+    scale_dtypes = list(scale_dtypes) or list(DEFAULT_SCALE_DTYPES)
+    if group_sizes and "group" not in granularities:
+        raise UsageError(
+            f"--group-size {group_sizes[0]} without --granularity group in quant report: "
+            "no configuration uses a group size; add --granularity group"
+        )
+    if percentile is not None and "percentile" not in calibrations:
+        raise UsageError(
+            f"--percentile {percentile:g} without --calibration percentile in quant report: "
+            "no configuration uses it; add --calibration percentile"
+        )
+    if axis is not None and "channel" not in granularities:
+        raise UsageError(
+            f"--axis {axis} without --granularity channel in quant report: no configuration "
+            "uses a channel axis; add --granularity channel"
+        )
+    group_sizes = list(group_sizes) or list(DEFAULT_GROUP_SIZES)
+    out: list[QuantSpec] = []
+    for scheme, b, gran, calib, sdtype in product(
+        schemes, bits, granularities, calibrations, scale_dtypes
+    ):
+        for gs in group_sizes if gran == "group" else [_BASE.group_size]:
+            spec = QuantSpec(
+                scheme=scheme,
+                bits=int(b),
+                granularity=gran,
+                axis=axis if (gran == "channel" and axis is not None) else _BASE.axis,
+                group_size=gs,
+                calibration=calib,
+                percentile=(
+                    percentile
+                    if (calib == "percentile" and percentile is not None)
+                    else _BASE.percentile
+                ),
+                scale_dtype=sdtype,
+            )
+            if spec not in out:
+                out.append(spec)
+    return out
+
+
+def short_label(spec: QuantSpec) -> str:
+    """A label short enough for an 80-column table: ``absmax i8 ch``, ``zp u4 g128 p99.9``."""
+    scheme = "zp" if spec.scheme == "zeropoint" else spec.scheme
+    kind = f"{'i' if spec.signed else 'u'}{spec.bits}"
+    if spec.granularity == "channel":
+        gran = "ch" if spec.axis == 0 else f"ch{spec.axis}"
+    elif spec.granularity == "group":
+        gran = f"g{spec.group_size}"
+    else:
+        gran = "t"
+    text = f"{scheme} {kind} {gran}"
+    if spec.calibration == "percentile":
+        text += f" p{spec.percentile:g}"
+    if spec.scale_dtype != "float32":
+        text += {"float16": " f16", "bfloat16": " bf16"}.get(spec.scale_dtype, "")
+    return text
+
+
+def config_fields(spec: QuantSpec) -> dict:
+    """The spec as report columns; fields that do not apply to it are None."""
+    return {
+        "label": short_label(spec),
+        "scheme": spec.scheme,
+        "bits": spec.bits,
+        "granularity": spec.granularity,
+        "group_size": spec.group_size if spec.granularity == "group" else None,
+        "axis": spec.axis if spec.granularity == "channel" else None,
+        "calibration": spec.calibration,
+        "percentile": spec.percentile if spec.calibration == "percentile" else None,
+        "scale_dtype": spec.scale_dtype,
+    }
+
+
+# -- rows ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """The measurements of one configuration on one tensor (``tensor`` set) or on the file.
+
+    config: the configuration asked for; applied: the spec actually used (per-channel falls
+    back to per-tensor on 0-d and 1-D tensors). bytes_out: stored bytes of the quantized
+    tensors (codes + scales + zero points) plus, for a summary, the kept tensors byte for byte.
+    clipped_known: False when the clipped elements cannot be known (``against`` on a
+    percentile-calibrated file): clipped_fraction and mse_unclipped are then None.
+    """
+
+    config: QuantSpec
+    stats: ErrorStats
+    bytes_in: int
+    bytes_out: int
+    quantized_bytes: int
+    tensor: str | None = None
+    applied: QuantSpec | None = None
+    tensors: int = 1
+    clipped_known: bool = True
+
+    @property
+    def elements(self) -> int:
+        return self.stats.count
+
+    @property
+    def mse(self) -> float:
+        return self.stats.mse
+
+    @property
+    def rmse(self) -> float:
+        return self.stats.rmse
+
+    @property
+    def max_abs_error(self) -> float:
+        return self.stats.max_abs_error
+
+    @property
+    def sqnr_db(self) -> float:
+        return self.stats.sqnr_db
+
+    @property
+    def cosine(self) -> float:
+        return self.stats.cosine
+
+    @property
+    def clipped_fraction(self) -> float | None:
+        return self.stats.clipped_fraction if self.clipped_known else None
+
+    @property
+    def mse_unclipped(self) -> float | None:
+        return self.stats.mse_unclipped if self.clipped_known else None
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per quantized weight: codes plus scales plus zero points."""
+        n = self.stats.count
+        return 8.0 * self.quantized_bytes / n if n else 0.0
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_out
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_in / self.bytes_out if self.bytes_out else 1.0
+
+    def metric(self, name: str) -> float | None:
+        return getattr(self, name)
+
+    def as_dict(self) -> dict:
+        """Every column of the row: the tensor (per-tensor rows), the config, the metrics."""
+        out: dict = {"tensor": self.tensor} if self.tensor is not None else {}
+        out.update(config_fields(self.config))
+        if self.tensor is not None:
+            out["applied_granularity"] = (self.applied or self.config).granularity
+        else:
+            out["tensors"] = self.tensors
+        out.update(
+            {
+                "elements": self.elements,
+                "mse": self.mse,
+                "rmse": self.rmse,
+                "max_abs_error": self.max_abs_error,
+                "sqnr_db": self.sqnr_db,
+                "cosine": self.cosine,
+                "clipped_fraction": self.clipped_fraction,
+                "mse_unclipped": self.mse_unclipped,
+                "bits_per_weight": self.bits_per_weight,
+                "bytes": self.bytes,
+                "bytes_in": self.bytes_in,
+                "ratio": self.ratio,
+            }
+        )
+        return out
+
+
+def sort_rows(rows: Iterable[Row], metric: str | None) -> list[Row]:
+    """``rows`` worst first by ``metric`` (stable; unknown values last); None keeps the order."""
+    rows = list(rows)
+    if metric is None:
+        return rows
+    if metric not in SORT_METRICS:
+        raise UsageError(
+            f"unknown metric {metric!r} in --sort: choose one of {', '.join(SORT_METRICS)}"
+        )
+    higher_worse = SORT_METRICS[metric]
+
+    def key(row: Row):
+        value = row.metric(metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return (1, 0.0)
+        return (0, -value if higher_worse else value)
+
+    return sorted(rows, key=key)
+
+
+@dataclass
+class ReportResult:
+    """The outcome of ``sweep`` or ``against``.
+
+    results: one row per tensor x configuration (tensor-major, file order); summary: one row
+    per configuration over the whole file; kept: (tensor, reason) of the tensors not quantized.
+    """
+
+    input: str
+    configs: list[QuantSpec]
+    results: list[Row] = field(default_factory=list)
+    summary: list[Row] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    against: str | None = None
+
+    @property
+    def tensors(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for row in self.results:
+            seen.setdefault(row.tensor, None)
+        return list(seen)
+
+
+def check_sqnr(result: ReportResult, threshold: float) -> None:
+    """Raise QualityGateError (exit 3) when any tensor x configuration is below ``threshold`` dB."""
+    below = [r for r in result.results if r.sqnr_db < threshold]
+    if not below:
+        return
+    worst = min(below, key=lambda r: r.sqnr_db)
+    raise QualityGateError(
+        f"SQNR below {threshold:g} dB in tensor {worst.tensor}: {worst.sqnr_db:.2f} dB with "
+        f"{short_label(worst.config)} ({len(below)} of {len(result.results)} tensor x "
+        "configuration results below); use more bits or a finer granularity, or lower "
+        "--fail-below-sqnr"
+    )
+
+
+# -- sweep ---------------------------------------------------------------------------------
+
+
+def sweep(
+    input: str,
+    configs: Sequence[QuantSpec],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    min_elements: int = DEFAULT_MIN_ELEMENTS,
+    nonfinite: str = "error",
+    progress: ProgressFn | None = None,
+) -> ReportResult:
+    """Measure every configuration in ``configs`` on the tensors of ``input`` compress would
+    quantize (same Selector, same defaults), reading each tensor once."""
+    configs = _unique(configs)
+    if not configs:
+        raise UsageError("no configuration in quant report: give at least one --scheme")
+    selectors = [Selector(c, tuple(include), tuple(exclude), min_elements) for c in configs]
+    with open_input(input) as source:
+        result = ReportResult(input=source.label, configs=configs)
+        single = isinstance(source, NpyReader)
+        infos = source.infos()
+        chosen: list[tuple[TensorInfo, list[Selection]]] = []
+        for info in infos:
+            selections = [s.choose(info.name, info.dtype, info.shape, single) for s in selectors]
+            if selections[0].quantized:
+                chosen.append((info, selections))
+            else:
+                result.kept.append((info.name, selections[0].reason))
+        total = sum(info.size for info, _ in chosen)
+        kept_names = {name for name, _ in result.kept}
+        kept_bytes = sum(i.nbytes for i in infos if i.name in kept_names)
+        for info, selections in chosen:
+            array = source.read(info.name)
+            if nonfinite == "keep":
+                bad = _count_nonfinite(array)
+                if bad:
+                    result.kept.append((info.name, f"kept: {bad} non-finite values"))
+                    kept_bytes += info.nbytes
+                    continue
+            for config, sel in zip(configs, selections):
+                spec = sel.spec.for_tensor(info.shape, info.name)
+                res = process(info.name, array, Selection(info.name, spec))
+                result.results.append(_tensor_row(config, res))
+            del array
+            if progress:
+                progress(info.name, info.size, total)
+        if not result.results:
+            raise _nothing_quantized(source.label, result.kept)
+        bytes_in = sum(i.nbytes for i in infos)
+        result.summary = [
+            _summary(
+                config, [r for r in result.results if r.config == config], bytes_in, kept_bytes
+            )
+            for config in configs
+        ]
+    return result
+
+
+def _tensor_row(config: QuantSpec, res: TensorResult) -> Row:
+    return Row(
+        config=config,
+        stats=res.stats,
+        bytes_in=res.bytes_in,
+        bytes_out=res.bytes_out,
+        quantized_bytes=res.bytes_out,
+        tensor=res.name,
+        applied=res.selection.spec,
+    )
+
+
+def _summary(config: QuantSpec, rows: list[Row], bytes_in: int, kept_bytes: int) -> Row:
+    stats = ErrorStats()
+    for row in rows:
+        stats = stats.merge(row.stats)
+    quantized_bytes = sum(r.quantized_bytes for r in rows)
+    return Row(
+        config=config,
+        stats=stats,
+        bytes_in=bytes_in,
+        bytes_out=quantized_bytes + kept_bytes,
+        quantized_bytes=quantized_bytes,
+        tensors=len(rows),
+        clipped_known=all(r.clipped_known for r in rows),
+    )
+
+
+def _unique(configs: Iterable[QuantSpec]) -> list[QuantSpec]:
+    out: list[QuantSpec] = []
+    for c in configs:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _count_nonfinite(array: np.ndarray) -> int:
+    flat = array.reshape(-1)
+    step = 1 << 20
+    return sum(
+        int(np.count_nonzero(~np.isfinite(flat[i : i + step].astype(np.float32))))
+        for i in range(0, flat.size, step)
+    )
+
+
+def _nothing_quantized(label: str, kept: list[tuple[str, str]]) -> InputError:
+    reasons = sorted({reason for _, reason in kept})
+    why = f" ({'; '.join(reasons[:3])})" if reasons else ""
+    return InputError(
+        f"no tensor to report in {label}: every tensor is kept unquantized{why}; name tensors "
+        "with --include or lower --min-elements"
+    )
+
+
+# -- against -------------------------------------------------------------------------------
+
+
+def against(
+    input: str,
+    quantized: str,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    progress: ProgressFn | None = None,
+) -> ReportResult:
+    """Compare the quantized file ``quantized`` (written by quant compress) with ``input``.
+
+    Each quantized tensor is restored from its stored codes, scales and zero points and
+    compared with the same tensor of ``input``, so the numbers describe the file as it is.
+    ``include`` / ``exclude`` globs limit the tensors compared.
+
+    Clipping: a min-max calibrated range holds every value of its group, so nothing is
+    clipped. A percentile-calibrated file does not record its clipping range (the stored scale
+    is not enough to recover it), so clipped_fraction and mse_unclipped are None there.
+    """
+    with open_input(quantized) as qsource, open_input(input) as source:
+        entries = quantized_entries(qsource, "report --against")
+        qinfos = {i.name: i for i in qsource.infos()}
+        for entry in entries.values():
+            check_stored(entry, qinfos, qsource.label)
+        originals = {i.name: i for i in source.infos()}
+        wanted = [
+            e
+            for e in entries.values()
+            if (not include or any(fnmatchcase(e.name, p) for p in include))
+            and not any(fnmatchcase(e.name, p) for p in exclude)
+        ]
+        for entry in wanted:
+            _check_matches(entry, originals.get(entry.name), source.label, qsource.label)
+        configs = _file_configs(wanted)
+        result = ReportResult(
+            input=source.label, configs=_unique(configs.values()), against=qsource.label
+        )
+        total = sum(originals[e.name].size for e in wanted)
+        for entry in wanted:
+            x = source.read(entry.name)
+            arrays = {name: qsource.read(name) for name, _, _ in entry.stored()}
+            x_hat = restore(entry, arrays, qsource.label, dtype=np.float32)
+            known = entry.spec.calibration == "minmax"  # a min-max range clips nothing
+            stored = sum(int(a.nbytes) for a in arrays.values())
+            result.results.append(
+                Row(
+                    config=configs[entry.name],
+                    stats=ErrorStats.of(x, x_hat),
+                    bytes_in=originals[entry.name].nbytes,
+                    bytes_out=stored,
+                    quantized_bytes=stored,
+                    tensor=entry.name,
+                    applied=entry.spec,
+                    clipped_known=known,
+                )
+            )
+            del x, x_hat, arrays
+            if progress:
+                progress(entry.name, originals[entry.name].size, total)
+        if not result.results:
+            raise InputError(
+                f"no tensor to report in {qsource.label}: no quantized tensor matches "
+                "--include/--exclude; check the globs against quant inspect"
+            )
+        auxiliary = {n for e in entries.values() for n, _, _ in e.stored() if n != e.name}
+        result.kept = [
+            (name, "kept: not quantized in " + qsource.label)
+            for name in qinfos
+            if name not in entries and name not in auxiliary
+        ]
+        bytes_in = sum(i.nbytes for i in originals.values())
+        # the bytes of the quantized file that are not the tensors compared
+        compared = {n for e in wanted for n, _, _ in e.stored()}
+        other_bytes = sum(i.nbytes for n, i in qinfos.items() if n not in compared)
+        result.summary = [
+            _summary(
+                config, [r for r in result.results if r.config == config], bytes_in, other_bytes
+            )
+            for config in result.configs
+        ]
+    return result
+
+
+def _check_matches(entry: QuantizedEntry, info: TensorInfo | None, label: str, qlabel: str) -> None:
+    if info is None:
+        raise InputError(
+            f"tensor {entry.name} of {qlabel} is missing in {label}: the quantized file was "
+            "made from another input; pass the file it was compressed from"
+        )
+    if tuple(info.shape) != tuple(entry.shape) or np.dtype(info.dtype) != np.dtype(entry.dtype):
+        raise InputError(
+            f"tensor {entry.name} differs in {label}: it is {info.dtype} {list(info.shape)} "
+            f"but {qlabel} quantized a {entry.dtype} {list(entry.shape)}; pass the file it was "
+            "compressed from"
+        )
+
+
+def _file_configs(entries: list[QuantizedEntry]) -> dict[str, QuantSpec]:
+    """The configuration each entry belongs to: its spec, except that a per-tensor spec of a
+    0-d/1-D tensor joins a per-channel spec otherwise equal to it, since that is how compress
+    applies per-channel to such tensors."""
+    specs = {e.spec for e in entries}
+    out = {}
+    for e in entries:
+        spec = e.spec
+        if spec.granularity == "tensor" and len(e.shape) < 2:
+            for other in sorted(specs, key=lambda s: s.axis):
+                if (
+                    other.granularity == "channel"
+                    and replace(other, granularity="tensor", axis=spec.axis) == spec
+                ):
+                    spec = other
+                    break
+        out[e.name] = spec
+    return out
+
+
+# -- histogram -----------------------------------------------------------------------------
+
+
+@dataclass
+class HistMarks:
+    """What one configuration does to the histogrammed tensor.
+
+    lo / hi: the clipping range (the widest over the groups when there are several);
+    levels: float32 values the codes of the widest group restore to; groups: number of groups.
+    """
+
+    row: Row
+    lo: float
+    hi: float
+    levels: np.ndarray
+    groups: int
+
+    @property
+    def config(self) -> QuantSpec:
+        return self.row.config
+
+    @property
+    def step(self) -> float:
+        return float(self.levels[1] - self.levels[0]) if self.levels.size > 1 else 0.0
+
+
+@dataclass
+class Histogram:
+    """counts: int64 (bins,); edges: float64 (bins + 1,), covering the values and every range."""
+
+    input: str
+    tensor: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    counts: np.ndarray
+    edges: np.ndarray
+    marks: list[HistMarks]
+
+    @property
+    def results(self) -> list[Row]:
+        return [m.row for m in self.marks]
+
+
+def histogram(
+    input: str,
+    tensor: str,
+    configs: Sequence[QuantSpec],
+    bins: int = 60,
+) -> Histogram:
+    """The values of ``tensor`` in ``bins`` equal bins, with every configuration's clipping
+    range and quantization levels, and its error on that tensor (as compress would write it)."""
+    if bins < 1:
+        raise UsageError(f"bins {bins} in quant report --hist: use at least 1")
+    configs = _unique(configs)
+    with open_input(input) as source:
+        info = _hist_info(source, tensor)
+        x = source.read(info.name)
+        marks = []
+        for config in configs:
+            spec = Selector(config).spec_for(info.shape).for_tensor(info.shape, info.name)
+            res = process(info.name, x, Selection(info.name, spec))
+            qt = quantize(x, spec, info.name)
+            marks.append(_marks(_tensor_row(config, res), qt))
+        x32 = np.asarray(x, np.float32).reshape(-1)
+        lo = min([float(x32.min(initial=0))] + [m.lo for m in marks])
+        hi = max([float(x32.max(initial=0))] + [m.hi for m in marks])
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        counts, edges = np.histogram(x32, bins=bins, range=(lo, hi))
+        return Histogram(
+            source.label,
+            info.name,
+            tuple(info.shape),
+            np.dtype(info.dtype),
+            counts.astype(np.int64),
+            edges,
+            marks,
+        )
+
+
+def _hist_info(source: TensorSource, tensor: str) -> TensorInfo:
+    infos = source.infos()
+    for info in infos:
+        if info.name == tensor:
+            return info
+    names = ", ".join(i.name for i in infos[:5]) + (", ..." if len(infos) > 5 else "")
+    raise InputError(
+        f"unknown tensor {tensor!r} in {source.label} for --hist: the file holds {names}; "
+        "pass one of its tensor names (quant inspect lists them)"
+    )
+
+
+def _marks(row: Row, qt) -> HistMarks:
+    lo = qt.clip_lo.reshape(-1)
+    hi = qt.clip_hi.reshape(-1)
+    widest = int(np.argmax(hi.astype(np.float64) - lo.astype(np.float64)))
+    scale = np.float32(np.asarray(qt.scale, np.float32).reshape(-1)[widest])
+    qmin, qmax = qt.spec.code_range
+    codes = np.arange(qmin, qmax + 1, dtype=np.float32)
+    if qt.zero_point is not None:
+        codes = codes - np.float32(qt.zero_point.reshape(-1)[widest])
+    levels = (codes * scale).astype(np.float32)
+    return HistMarks(row, float(lo.min()), float(hi.max()), levels, int(lo.size))
