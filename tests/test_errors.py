@@ -667,6 +667,20 @@ def test_damaged_quantized_file(work, command, fault):
     assert "re-run quant compress" in line or "upgrade quant" in line
 
 
+def hostile_name(t, m):
+    specs = json.loads(m["quant.tensors"])
+    specs["a.weight\n\x1b[31mok"] = specs.pop("a.weight")
+    m["quant.tensors"] = json.dumps(specs)
+
+
+@pytest.mark.parametrize("command", ["decompress", "inspect"])
+def test_a_newline_or_escape_in_a_tensor_name_cannot_split_or_color_the_error_line(work, command):
+    path = damaged_copy(work, "absmax", hostile_name)
+    args = [command, path] + (["-o", work / "r.safetensors"] if command == "decompress" else [])
+    line = assert_fails_cleanly(work, args, 1, str(path), "a.weight\\n\\x1b[31mok")
+    assert "\x1b" not in line
+
+
 def test_invalid_scale_refused_by_decompress(work):
     path = damaged_copy(work, "absmax", nan_scale)
     args = ["decompress", path, "-o", work / "restored.safetensors"]

@@ -39,6 +39,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from quantcli.cli.app import one_line
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import InputError, QuantError, UsageError
 from quantcli.io import open_input, save_bytes
@@ -527,7 +528,9 @@ def check_message(exc: QuantError, usage_ok: bool = False) -> None:
     if not (usage_ok and isinstance(exc, UsageError) and " output in " in message):
         assert isinstance(exc, InputError), f"{type(exc).__name__} for a bad input: {message}"
     assert message, f"{type(exc).__name__} without a message"
-    assert "\n" not in message and "\r" not in message, f"multi-line message: {message!r}"
+    # Messages quote names from the file as they are, and a name may hold a newline or an
+    # escape sequence: the CLI escapes control characters, so the printed line is one line.
+    assert one_line(message).isprintable(), f"not one printable line: {message!r}"
     assert " in " in message and ": " in message, f"message without <what> in <where>: {message!r}"
     event(f"{type(exc).__name__}: {message.split(' in ')[0][:40]}")  # --hypothesis-show-statistics
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich import box
 from rich.table import Table
 
@@ -14,10 +16,12 @@ from quantcli.cli.render import (
     short_dtype,
     short_spec,
 )
-from quantcli.ops.compress import CompressResult
-from quantcli.ops.decompress import DecompressResult
-from quantcli.ops.inspect_file import InspectResult
-from quantcli.ops.tensor import TensorResult
+
+if TYPE_CHECKING:  # annotations only: inspect must not import the compress machinery
+    from quantcli.ops.compress import CompressResult
+    from quantcli.ops.decompress import DecompressResult
+    from quantcli.ops.inspect_file import InspectResult
+    from quantcli.ops.tensor import TensorResult
 
 
 def dtype_name(dtype) -> str:
