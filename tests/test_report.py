@@ -126,7 +126,7 @@ def test_seed_comparison_reproduces_the_notebook():
         ["absmax", "zeropoint"], [8], ["tensor"], [], ["minmax", "percentile"]
     )
     result = ops.sweep(SEED, configs)
-    rows = {ops.short_label(r.config): r for r in result.summary}
+    rows = {r.config.short_label(): r for r in result.summary}
     assert set(rows) == {"absmax i8 t", "zp u8 t", "absmax i8 t p99.99", "zp u8 t p99.99"}
     zp, absmax, zp_pct = rows["zp u8 t"], rows["absmax i8 t"], rows["zp u8 t p99.99"]
     # zeropoint beats absmax at 8 bits: D^2/12 with D = 1050/255 vs 1000/127
@@ -157,7 +157,7 @@ def test_seed_comparison_through_the_cli():
 
 
 def test_default_sweep():
-    labels = [ops.short_label(c) for c in ops.configs_from_options()]
+    labels = [c.short_label() for c in ops.configs_from_options()]
     assert labels == [
         "absmax i8 ch",
         "absmax i8 g128",
@@ -376,7 +376,7 @@ def test_table_fits_80_columns_one_line_per_row(args):
     configs = ops.configs_from_options(**_config_kwargs(args))
     lines = table_lines(run("report", TRANSFORMER, *args, columns=80))
     assert all(len(line) <= 80 for line in lines), "\n".join(lines)
-    labels = [ops.short_label(c) for c in configs]
+    labels = [c.short_label() for c in configs]
     rows = [line for line in lines if any(_has_label(line, lab) for lab in labels)]
     if "--per-tensor" in args:
         n = 5 if "--top" in args else len(labels) * 14

@@ -20,7 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.text import Text
 
-from quantcli.ops.report import HistMarks, Histogram, config_fields, short_label
+from quantcli.ops.report import HistMarks, Histogram, config_fields
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 HEIGHT = 8
@@ -33,7 +33,7 @@ def _margin(labels: list[str]) -> int:
 
 def hist_bins(configs, width: int) -> int:
     """How many bins fit beside the labels of ``configs`` in ``width`` columns."""
-    margin = _margin([short_label(c) for c in configs])
+    margin = _margin([c.short_label() for c in configs])
     return max(MIN_BINS, min(MAX_BINS, width - margin - 2))
 
 
@@ -75,10 +75,10 @@ def _num(value: float) -> str:
 
 
 def render_histogram(h: Histogram, console: Console) -> None:
-    from quantcli.cli.render import fmt_shape
-    from quantcli.cli.report import _percent, _sig
+    from quantcli.cli.render import fmt_metric, fmt_shape
+    from quantcli.cli.report import _percent
 
-    labels = [short_label(m.config) for m in h.marks]
+    labels = [m.config.short_label() for m in h.marks]
     margin = _margin(labels)
     n = len(h.counts)
     width = float(h.edges[1] - h.edges[0])
@@ -117,9 +117,9 @@ def render_histogram(h: Histogram, console: Console) -> None:
         console.print(
             Text(
                 f"{label}: clip [{_num(mark.lo)}, {_num(mark.hi)}]{groups}, "
-                f"{mark.levels.size} levels step {_num(mark.step)}; MSE {_sig(row.mse)}, "
+                f"{mark.levels.size} levels step {_num(mark.step)}; MSE {fmt_metric(row.mse)}, "
                 f"SQNR {row.sqnr_db:.1f} dB, clipped {_percent(row.clipped_fraction)}, "
-                f"MSE unclipped {_sig(row.mse_unclipped)}"
+                f"MSE unclipped {fmt_metric(row.mse_unclipped)}"
             )
         )
 

@@ -60,22 +60,6 @@ def short_dtype(dtype) -> str:
     return SHORT_DTYPES.get(name, name)
 
 
-def short_spec(spec) -> str:
-    """A compact label of a QuantSpec: ``absmax i8 ch0``, ``zeropoint u4 g128 p99.99``."""
-    kind = "i" if spec.signed else "u"
-    gran = {
-        "tensor": "tensor",
-        "channel": f"ch{spec.axis}",
-        "group": f"g{spec.group_size}",
-    }[spec.granularity]
-    text = f"{spec.scheme} {kind}{spec.bits} {gran}"
-    if spec.calibration == "percentile":
-        text += f" p{spec.percentile:g}"
-    if spec.scale_dtype != "float32":
-        text += f" s{short_dtype(spec.scale_dtype)}"
-    return text
-
-
 def human_bytes(n: int) -> str:
     """1536 -> ``1.5K`` (binary units, compact for tables)."""
     value = float(n)
@@ -88,8 +72,9 @@ def human_bytes(n: int) -> str:
     return f"{n}B"
 
 
-def fmt_metric(value: float | None, digits: int = 3) -> str:
-    """Compact number for tables: ``inf`` for exact, scientific for tiny values."""
+def fmt_metric(value: float | None) -> str:
+    """3 significant digits, short exponents: 1.41, 72.3, 0.0511, 1.23e-8; ``inf`` for an
+    exact reconstruction, ``-`` for no value."""
     if value is None:
         return "-"
     if math.isinf(value):
@@ -98,9 +83,12 @@ def fmt_metric(value: float | None, digits: int = 3) -> str:
         return "nan"
     if value == 0:
         return "0"
-    if abs(value) < 1e-3 or abs(value) >= 1e5:
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}"
+    if 1e-3 <= abs(value) < 1e3:
+        return f"{value:.3g}"
+    if 1e3 <= abs(value) < 1e5:
+        return f"{value:.0f}"
+    mantissa, exp = f"{value:.2e}".split("e")
+    return f"{mantissa}e{int(exp)}"
 
 
 def fmt_shape(shape) -> str:

@@ -25,6 +25,7 @@ from quantcli.cli.options import (
     ScaleDtype,
     Scheme,
 )
+from quantcli.cli.render import fmt_metric, human_bytes
 from quantcli.errors import UsageError
 
 
@@ -367,24 +368,6 @@ def write_markdown(rows) -> None:
 # -- the table -----------------------------------------------------------------------------
 
 
-def _sig(value: float | None) -> str:
-    """3 significant digits, short exponents: 1.41, 72.3, 0.0511, 1.23e-8."""
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if math.isnan(value):
-        return "nan"
-    if value == 0:
-        return "0"
-    if 1e-3 <= abs(value) < 1e3:
-        return f"{value:.3g}"
-    if 1e3 <= abs(value) < 1e5:
-        return f"{value:.0f}"
-    mantissa, exp = f"{value:.2e}".split("e")
-    return f"{mantissa}e{int(exp)}"
-
-
 def _db(value: float) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
@@ -400,24 +383,22 @@ def _percent(value: float | None) -> str:
         return "-"
     if value == 0:
         return "0"
-    return _sig(value * 100) + "%"
+    return fmt_metric(value * 100) + "%"
 
 
 def _bytes(value: int) -> str:
-    from quantcli.cli.render import human_bytes
-
     return human_bytes(value)
 
 
 # key, header, formatter; the table shows them in this order
 COLUMNS = [
-    ("mse", "MSE", _sig),
-    ("rmse", "RMSE", _sig),
-    ("max_abs_error", "max\nerr", _sig),
+    ("mse", "MSE", fmt_metric),
+    ("rmse", "RMSE", fmt_metric),
+    ("max_abs_error", "max\nerr", fmt_metric),
     ("sqnr_db", "SQNR\ndB", _db),
     ("cosine", "cos", _cosine),
     ("clipped_fraction", "clip", _percent),
-    ("mse_unclipped", "MSE\nunclip", _sig),
+    ("mse_unclipped", "MSE\nunclip", fmt_metric),
     ("bits_per_weight", "bits\n/w", lambda v: f"{v:.4g}"),
     ("bytes", "bytes", _bytes),
     ("ratio", "ratio", lambda v: f"{v:.2f}x"),
@@ -486,8 +467,6 @@ def _build_table(rows, keys, per_tensor: bool, gap: int, name_width: int | None,
     from rich.table import Table
     from rich.text import Text
 
-    from quantcli.ops.report import short_label
-
     table = Table(
         box=box.SIMPLE_HEAD,
         padding=(0, gap - 1, 0, 0),
@@ -506,7 +485,7 @@ def _build_table(rows, keys, per_tensor: bool, gap: int, name_width: int | None,
         cells = []
         if per_tensor:
             cells.append(shorten(row.tensor, name_width) if name_width else "")
-        cells.append(short_label(row.config))
+        cells.append(row.config.short_label())
         for key, _, _ in COLUMNS:
             if key not in keys:
                 continue

@@ -14,7 +14,6 @@ from quantcli.cli.render import (
     human_bytes,
     out_console,
     short_dtype,
-    short_spec,
 )
 
 if TYPE_CHECKING:  # annotations only: inspect must not import the compress machinery
@@ -85,7 +84,7 @@ def compress_table(result: CompressResult) -> None:
     When every quantized tensor has the same spec (the usual case) it is shown once, in the
     title, so the rows fit an 80-column terminal.
     """
-    specs = {short_spec(t.selection.spec) for t in result.tensors if t.quantized}
+    specs = {t.selection.spec.short_label() for t in result.tensors if t.quantized}
     common = next(iter(specs)) if len(specs) == 1 else None  # shown in the title, not per row
     title = f"{result.input} -> {result.output}"
     if common:
@@ -119,7 +118,7 @@ def compress_table(result: CompressResult) -> None:
         if t.quantized:
             s = t.stats
             metrics = [fmt_metric(s.mse), fmt_metric(s.sqnr_db), fmt_metric(s.max_abs_error)]
-            spec = short_spec(t.selection.spec) if common is None else ""
+            spec = t.selection.spec.short_label() if common is None else ""
         else:
             metrics, spec = ["", "", ""], t.selection.reason
         table.add_row(t.name, fmt_shape(t.shape), short_dtype(t.dtype), spec, *metrics, size)

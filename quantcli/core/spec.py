@@ -139,6 +139,23 @@ class QuantSpec:
             text += f" {self.scale_dtype} scales"
         return text
 
+    def short_label(self) -> str:
+        """A label short enough for an 80-column table: ``absmax i8 ch``, ``zp u4 g128 p99.9``."""
+        scheme = "zp" if self.scheme == "zeropoint" else self.scheme
+        kind = f"{'i' if self.signed else 'u'}{self.bits}"
+        if self.granularity == "channel":
+            gran = "ch" if self.axis == 0 else f"ch{self.axis}"
+        elif self.granularity == "group":
+            gran = f"g{self.group_size}"
+        else:
+            gran = "t"
+        text = f"{scheme} {kind} {gran}"
+        if self.calibration == "percentile":
+            text += f" p{self.percentile:g}"
+        if self.scale_dtype != "float32":
+            text += {"float16": " f16", "bfloat16": " bf16"}[self.scale_dtype]
+        return text
+
     def to_dict(self) -> dict:
         return asdict(self)
 

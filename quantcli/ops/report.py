@@ -131,28 +131,10 @@ def configs_from_options(
     return out
 
 
-def short_label(spec: QuantSpec) -> str:
-    """A label short enough for an 80-column table: ``absmax i8 ch``, ``zp u4 g128 p99.9``."""
-    scheme = "zp" if spec.scheme == "zeropoint" else spec.scheme
-    kind = f"{'i' if spec.signed else 'u'}{spec.bits}"
-    if spec.granularity == "channel":
-        gran = "ch" if spec.axis == 0 else f"ch{spec.axis}"
-    elif spec.granularity == "group":
-        gran = f"g{spec.group_size}"
-    else:
-        gran = "t"
-    text = f"{scheme} {kind} {gran}"
-    if spec.calibration == "percentile":
-        text += f" p{spec.percentile:g}"
-    if spec.scale_dtype != "float32":
-        text += {"float16": " f16", "bfloat16": " bf16"}.get(spec.scale_dtype, "")
-    return text
-
-
 def config_fields(spec: QuantSpec) -> dict:
     """The spec as report columns; fields that do not apply to it are None."""
     return {
-        "label": short_label(spec),
+        "label": spec.short_label(),
         "scheme": spec.scheme,
         "bits": spec.bits,
         "granularity": spec.granularity,
@@ -315,7 +297,7 @@ def check_sqnr(result: ReportResult, threshold: float) -> None:
     worst = min(below, key=lambda r: r.sqnr_db)
     raise QualityGateError(
         f"SQNR below {threshold:g} dB in tensor {worst.tensor}: {worst.sqnr_db:.2f} dB with "
-        f"{short_label(worst.config)} ({len(below)} of {len(result.results)} tensor x "
+        f"{worst.config.short_label()} ({len(below)} of {len(result.results)} tensor x "
         "configuration results below); use more bits or a finer granularity, or lower "
         "--fail-below-sqnr"
     )
