@@ -703,6 +703,7 @@ def test_stdin_bytes(data):
                     array = source.read(info.name)
                     assert (array.dtype, array.shape) == (info.dtype, info.shape)
                     array.tobytes()
+            event("opened and read")
         except QuantError as exc:
             check_message(exc)
 
