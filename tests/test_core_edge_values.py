@@ -9,6 +9,7 @@ or floating-point exception and give codes, scales and a reconstruction that obe
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import replace
 
 import ml_dtypes
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from quantcli.core import QuantSpec, clipped_mask, param_shape, quantize
-from quantcli.errors import SpecError
+from quantcli.errors import InputError, NonFiniteError, SpecError
 
 F32 = np.finfo(np.float32)
 SUB32 = float(F32.smallest_subnormal)  # 1.4e-45
@@ -229,3 +230,24 @@ def test_zero_group_gives_scale_one_and_zero_codes(strict_numerics):
         if scheme == "zeropoint":
             assert qt.zero_point[0, 0] == 0
         np.testing.assert_array_equal(qt.dequantize()[0], np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+@pytest.mark.parametrize("calibration", ["minmax", "percentile"])
+@pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_is_one_error_without_warnings(scheme, calibration, granularity, bad):
+    """NaN / inf are counted and reported before any arithmetic can warn about them."""
+    x = np.ones((4, 8), np.float32)
+    x[1, 2] = x[3, 7] = bad
+    spec = QuantSpec(scheme, 8, granularity, group_size=4, calibration=calibration)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(NonFiniteError, match=r"^2 non-finite values .* in tensor w:"):
+            quantize(x, spec, "w")
+
+
+def test_float64_beyond_float32_range_is_refused():
+    x = np.array([[1e300, 1.0], [0.5, -2.0]])
+    with pytest.raises(InputError, match=r"beyond float32's range .* in tensor big:"):
+        quantize(x, QuantSpec(), "big")

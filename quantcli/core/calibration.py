@@ -55,8 +55,9 @@ def tensor_range(tiles: Tiling, view: np.ndarray, spec: QuantSpec):
 
 
 def _minmax(tiles: Tiling, part: np.ndarray, signed: bool):
-    if signed:
-        # max |x| in one reduction; |x| goes to a scratch buffer that stays in cache
+    if signed and tiles.granularity == "group":
+        # max |x| in one reduceat (the slow part for short groups) rather than two; |x| goes
+        # to a scratch buffer that stays in cache
         absolute = np.abs(part, out=scratch("calibrate", part.shape, np.float32))
         amax = tiles.reduce(np.maximum, absolute)
         return -amax, amax

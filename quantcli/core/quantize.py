@@ -9,6 +9,7 @@ as float16).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import ml_dtypes
@@ -82,6 +83,8 @@ def quantize(
             f"unsupported dtype {x.dtype} in tensor {name}: only float tensors "
             "(float64, float32, float16, bfloat16) can be quantized; convert it or leave it out"
         )
+    if x.dtype == np.float64:
+        _check_float32_range(x, name)
     spec = spec.for_tensor(x.shape, name)
     scheme = SCHEMES[spec.scheme]
     tiles = tiling(x.shape, spec, CHUNK_ELEMENTS)
@@ -89,11 +92,15 @@ def quantize(
     codes = np.empty(tiles.view_shape, scheme.code_dtype)
     params = _ParamArrays.empty(tiles.param_view_shape, spec.has_zero_point)
 
+    def calibrated(lo, hi, part):
+        """Parameters from the range [lo, hi] of ``part``, once it is known to be finite."""
+        if not _is_finite(lo, hi, part, spec):
+            raise _nonfinite_error(xv, name)
+        return scheme.params(lo, hi, spec)
+
     def chunk(index, p) -> ErrorStats:
         """Encode (and measure) one chunk with parameters ``p`` of its groups."""
         part, out = _float32(xv[index]), codes[index]
-        if not _is_finite(p, part, spec):
-            raise _nonfinite_error(xv, name)
         scale, zp = tiles.expand(p.scale, part), _expand_optional(tiles, p.zero_point, part)
         scheme.encode(part, scale, zp, spec, out=out)
         if spec.calibration == "percentile" and p.empty.any():
@@ -107,12 +114,12 @@ def quantize(
         # every group lies inside one chunk: calibrate, encode and measure it in cache
         def run(index) -> ErrorStats:
             part = _float32(xv[index])
-            p = scheme.params(*chunk_range(tiles, part, spec), spec)
+            p = calibrated(*chunk_range(tiles, part, spec), part)
             params.part(index).store(p)
             return chunk(index, p)
     else:
         # one group spans every chunk: its range comes first (chunk by chunk for min-max)
-        p = scheme.params(*tensor_range(tiles, xv, spec), spec)
+        p = calibrated(*tensor_range(tiles, xv, spec), xv)
         params.store(p)
 
         def run(index) -> ErrorStats:
@@ -238,12 +245,23 @@ def _may_overflow(scale32: np.ndarray, spec: QuantSpec) -> bool:
     return scale32.size > 0 and float(scale32.max()) * levels > F32_MAX
 
 
-def _is_finite(p, part: np.ndarray, spec: QuantSpec) -> bool:
+def _is_finite(lo: np.ndarray, hi: np.ndarray, part: np.ndarray, spec: QuantSpec) -> bool:
     # min/max propagate NaN and inf into the range, so minmax needs no extra pass; percentile
     # calibration can leave an inf outside the range, so it checks every element.
     if spec.calibration == "minmax":
-        return bool(np.isfinite(p.lo).all() and np.isfinite(p.hi).all())
+        return bool(np.isfinite(lo).all() and np.isfinite(hi).all())
     return bool(np.isfinite(part).all())
+
+
+def _check_float32_range(x: np.ndarray, name: str) -> None:
+    """float64 weights are quantized in float32: refuse values float32 cannot hold."""
+    with np.errstate(invalid="ignore"):
+        biggest = float(np.nanmax(np.abs(x), initial=0.0)) if x.size else 0.0
+    if math.isfinite(biggest) and biggest > F32_MAX:
+        raise InputError(
+            f"values beyond float32's range (max |x| = {biggest:.3g}) in tensor {name}: quant "
+            "computes in float32; rescale the tensor, or keep it unquantized with --exclude"
+        )
 
 
 def _nonfinite_error(x: np.ndarray, name: str) -> NonFiniteError:

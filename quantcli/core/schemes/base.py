@@ -57,9 +57,13 @@ def safe_scale(
     span: the width the codes must cover (amax or hi - lo); levels: qmax or 2**bits - 1;
     slack: how far past the last code the span may reach, in steps (absmax: half a step).
     """
-    scale = np.where(span == 0, np.float32(1), scale).astype(np.float32)
+    scale = np.asarray(scale, np.float32).copy()
+    np.copyto(scale, np.float32(1), where=span == 0)
     tiny = np.float32(_smallest_positive(SCALE_NUMPY_DTYPES[spec.scale_dtype]))
     np.maximum(scale, tiny, out=scale)
+    if scale.size == 0 or scale.min() >= FLOAT32_SMALLEST_NORMAL:
+        # a normal float32 scale is within 2**-24 of span / levels: never short
+        return scale
     limit = np.float64(levels) + slack
     for _ in range(64):  # only subnormal scales ever need this; each step is one ulp
         short = span.astype(np.float64) / scale > limit
@@ -67,6 +71,9 @@ def safe_scale(
             break
         scale = np.where(short, np.nextafter(scale, np.float32(np.inf)), scale)
     return scale
+
+
+FLOAT32_SMALLEST_NORMAL = np.finfo(np.float32).tiny
 
 
 def _smallest_positive(dtype: np.dtype) -> float:
