@@ -1,9 +1,11 @@
-"""Running work in cache-sized chunks on every core.
+"""Running work in cache-sized chunks, optionally on several threads.
 
-NumPy releases the GIL inside its loops, so a few threads each working on their own chunk use
-every core; chunks small enough to stay in the L2/L3 cache turn a chain of whole-array passes
-(divide, round, clip, cast) into one pass over memory. ``QUANT_THREADS`` overrides the
-thread count (1 runs everything in the calling thread).
+Chunks small enough to stay in the L2/L3 cache turn a chain of whole-array passes (divide,
+round, clip, cast) into one pass over memory. NumPy releases the GIL inside its loops, so
+``QUANT_THREADS=N`` spreads the chunks over N threads. The default is one thread: on the
+2-vCPU machines this project is measured on, two threads made every kernel 25-55% slower and
+`quant compress` 30% slower (docs/PERFORMANCE.md), so more threads are opt-in until a
+machine shows they pay.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ _local = threading.local()
 
 
 def thread_count() -> int:
+    """Threads for chunked work: ``QUANT_THREADS`` when set to a positive integer, else 1."""
     configured = os.environ.get("QUANT_THREADS", "")
     if configured.isdigit() and int(configured) > 0:
         return int(configured)
-    return os.cpu_count() or 1
+    return 1
 
 
 def map_chunks(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
