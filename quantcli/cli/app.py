@@ -16,7 +16,7 @@ import traceback
 import warnings
 
 import typer
-from typer._click import exceptions as click_errors  # Typer 0.29 vendors Click here
+from typer._click import exceptions as click_errors  # Typer >= 0.27 vendors Click here
 from typer.core import TyperGroup
 
 from quantcli import __version__

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -24,7 +23,7 @@ CHUNK_ELEMENTS = 1 << 18
 T = TypeVar("T")
 R = TypeVar("R")
 
-_pool: ThreadPoolExecutor | None = None
+_pool = None  # a concurrent.futures.ThreadPoolExecutor, made on first use
 _pool_lock = threading.Lock()
 _local = threading.local()
 
@@ -42,6 +41,8 @@ def map_chunks(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     threads = thread_count()
     if threads == 1 or len(items) < 2:
         return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers != threads:

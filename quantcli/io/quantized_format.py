@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quantcli import __version__
 from quantcli.core.layout import param_shape
 from quantcli.core.packing import pack, packed_length, unpack
-from quantcli.core.quantize import QuantizedTensor, dequantize
 from quantcli.core.schemes import SCALE_NUMPY_DTYPES
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import QuantError, QuantizedFormatError
 from quantcli.io.dtypes import numpy_dtype, safetensors_dtype
+
+if TYPE_CHECKING:
+    from quantcli.core.quantize import QuantizedTensor
 
 FORMAT_NAME = "quantcli"
 FORMAT_VERSION = "1"
@@ -207,6 +210,8 @@ def restore(entry: QuantizedEntry, arrays: dict, label: str, dtype=None) -> np.n
             f"zero point out of range in tensor {_shown(entry.name)} of {label}: above "
             f"{spec.code_range[1]} for {spec.bits} bits; the file is damaged, re-run quant compress"
         )
+    from quantcli.core.quantize import dequantize  # the numerics load only when restoring
+
     return dequantize(codes, scale, zp, spec, dtype=entry.dtype if dtype is None else dtype)
 
 
