@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import ml_dtypes
 import numpy as np
 
 from quantcli import __version__
@@ -212,7 +213,27 @@ def restore(entry: QuantizedEntry, arrays: dict, label: str, dtype=None) -> np.n
         )
     from quantcli.core.quantize import dequantize  # the numerics load only when restoring
 
-    return dequantize(codes, scale, zp, spec, dtype=entry.dtype if dtype is None else dtype)
+    target = np.dtype(entry.dtype if dtype is None else dtype)
+    x_hat = dequantize(codes, scale, zp, spec)
+    if target.itemsize < 4 and x_hat.size:
+        _fit_range(x_hat, target, float(scale.astype(np.float32).max()), entry.name, label)
+    return x_hat if target == np.float32 else x_hat.astype(target)
+
+
+def _fit_range(x_hat: np.ndarray, target: np.dtype, step: float, name: str, label: str) -> None:
+    """Saturate float32 ``x_hat`` at ``target``'s largest value when it passes it by at most a
+    quantization step (rounding at the top of the range); refuse to restore it to inf when it
+    passes it by more (the scales do not fit the dtype)."""
+    limit = float(ml_dtypes.finfo(target).max)
+    biggest = float(np.max(np.abs(x_hat)))
+    if biggest <= limit:
+        return
+    if biggest > limit + step:
+        raise QuantizedFormatError(
+            f"restored values beyond {target} in tensor {_shown(name)} of {label}: the largest "
+            f"is {biggest:.4g}, {target} stops at {limit:.4g}; restore with --dtype float32"
+        )
+    np.clip(x_hat, -limit, limit, out=x_hat)
 
 
 def unpacked_codes(entry: QuantizedEntry, stored: np.ndarray, label: str) -> np.ndarray:
