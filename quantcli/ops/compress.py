@@ -24,7 +24,7 @@ from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
 from quantcli.ops.sources import file_metadata, format_of
-from quantcli.ops.tensor import TensorResult, process
+from quantcli.ops.tensor import TensorResult, count_nonfinite, process
 from quantcli.select import Selection, Selector
 
 NONFINITE_CHOICES = ("error", "keep")
@@ -175,7 +175,7 @@ def _plan(source: TensorSource, selector: Selector, nonfinite: str) -> list[_Sha
             if sel.quantized:
                 sel = Selection(info.name, sel.spec.for_tensor(info.shape, info.name))
                 if nonfinite == "keep":
-                    bad = _count_nonfinite(source.read(info.name))
+                    bad = count_nonfinite(source.read(info.name))
                     if bad:
                         sel = Selection(info.name, None, f"kept: {bad} non-finite values")
             selections.append(sel)
@@ -190,15 +190,6 @@ def _plan(source: TensorSource, selector: Selector, nonfinite: str) -> list[_Sha
         _check_names(plan, source.label)
         plans.append(plan)
     return plans
-
-
-def _count_nonfinite(array: np.ndarray) -> int:
-    flat = array.reshape(-1)
-    step = 1 << 20
-    return sum(
-        int(flat.size and np.count_nonzero(~np.isfinite(flat[i : i + step].astype(np.float32))))
-        for i in range(0, flat.size, step)
-    )
 
 
 def _check_names(plan: _ShardPlan, label: str) -> None:

@@ -34,7 +34,7 @@ from quantcli.io.numpy_files import NpyReader
 from quantcli.io.quantized_format import QuantizedEntry, check_stored, restore
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.sources import quantized_entries
-from quantcli.ops.tensor import TensorResult, process
+from quantcli.ops.tensor import TensorResult, count_nonfinite, process
 from quantcli.select import DEFAULT_MIN_ELEMENTS, Selection, Selector
 
 # called after each tensor: (tensor name, its elements, elements of all tensors to measure)
@@ -338,7 +338,7 @@ def sweep(
         for info, selections in chosen:
             array = source.read(info.name)
             if nonfinite == "keep":
-                bad = _count_nonfinite(array)
+                bad = count_nonfinite(array)
                 if bad:
                     result.kept.append((info.name, f"kept: {bad} non-finite values"))
                     kept_bytes += info.nbytes
@@ -396,15 +396,6 @@ def _unique(configs: Iterable[QuantSpec]) -> list[QuantSpec]:
         if c not in out:
             out.append(c)
     return out
-
-
-def _count_nonfinite(array: np.ndarray) -> int:
-    flat = array.reshape(-1)
-    step = 1 << 20
-    return sum(
-        int(np.count_nonzero(~np.isfinite(flat[i : i + step].astype(np.float32))))
-        for i in range(0, flat.size, step)
-    )
 
 
 def _nothing_quantized(label: str, kept: list[tuple[str, str]]) -> InputError:

@@ -72,3 +72,14 @@ def process(name: str, array: np.ndarray, selection: Selection) -> TensorResult:
         stats=qt.stats,
         entry=entry_of(name, qt),
     )
+
+
+def count_nonfinite(array: np.ndarray) -> int:
+    """NaN and inf values in ``array`` (any float dtype), counted in float32 pieces so a large
+    tensor needs no second full-size copy."""
+    flat = array.reshape(-1)
+    step = 1 << 20
+    return sum(
+        int(np.count_nonzero(~np.isfinite(flat[i : i + step].astype(np.float32))))
+        for i in range(0, flat.size, step)
+    )
