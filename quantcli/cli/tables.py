@@ -78,14 +78,19 @@ def compress_json(result: CompressResult) -> dict:
     }
 
 
+def compact_table() -> Table:
+    """The table style of compress and inspect: a rule under the header, no borders."""
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
+
+
 def compress_table(result: CompressResult) -> None:
     """The error report: one row per tensor, then the totals; on stderr.
 
-    When every quantized tensor has the same spec (the usual case) it is shown once, in the
-    title, so the rows fit an 80-column terminal.
+    When every quantized tensor has the same spec (the usual case) it is shown once, above
+    the table, so the rows fit an 80-column terminal.
     """
     specs = {t.selection.spec.short_label() for t in result.tensors if t.quantized}
-    common = next(iter(specs)) if len(specs) == 1 else None  # shown in the title, not per row
+    common = next(iter(specs)) if len(specs) == 1 else None  # shown above, not per row
     title = f"{result.input} -> {result.output}"
     if common:
         title += f"  ({common})"
@@ -96,16 +101,7 @@ def compress_table(result: CompressResult) -> None:
         f"quantized weight; {human_bytes(totals.bytes_in)} -> {human_bytes(totals.bytes_out)} "
         f"({totals.ratio:.2f}x smaller); SQNR in dB"
     )
-    table = Table(
-        title=title,
-        caption=caption,
-        title_justify="left",
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        collapse_padding=True,
-        pad_edge=False,
-    )
+    table = compact_table()
     # only the name may wrap: numbers and specs stay on one line
     table.add_column("tensor", overflow="fold", min_width=8)
     table.add_column("shape", no_wrap=True)
@@ -126,7 +122,11 @@ def compress_table(result: CompressResult) -> None:
     table.add_row(
         "total", *[""] * 6, f"{human_bytes(totals.bytes_in)}>{human_bytes(totals.bytes_out)}"
     )
-    err_console().print(table)
+    # title and caption as their own lines: they wrap at the terminal's width, not the table's
+    console = err_console()
+    console.print(title)
+    console.print(table)
+    console.print(caption)
 
 
 def decompress_json(result: DecompressResult) -> dict:
@@ -177,7 +177,7 @@ def inspect_json(result: InspectResult) -> dict:
 
 def inspect_table(result: InspectResult) -> None:
     kind = "quantized " if result.quantized else ""
-    table = Table(title=f"{result.file}: {kind}{result.format}", title_justify="left")
+    table = compact_table()
     table.add_column("tensor", overflow="fold")
     table.add_column("dtype")
     table.add_column("shape")
@@ -201,8 +201,10 @@ def inspect_table(result: InspectResult) -> None:
                 ]
         table.add_row(*row)
     table.add_section()
-    table.add_row(f"{len(result.tensors)} tensors", "", "", human_bytes(result.total_bytes))
+    n = len(result.tensors)
+    table.add_row(f"{n} tensor{'s' if n != 1 else ''}", "", "", human_bytes(result.total_bytes))
     console = out_console()
+    console.print(f"{result.file}: {kind}{result.format}")
     console.print(table)
     for key, value in sorted(result.metadata.items()):
         console.print(f"{key}: {value}")
