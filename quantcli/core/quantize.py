@@ -281,11 +281,11 @@ def _nonfinite_error(x: np.ndarray, name: str) -> NonFiniteError:
 
 
 def _store_scale(scale: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
+    """float32 ``scale`` in the spec's scale dtype, checked finite: nothing that could restore
+    to inf or NaN is ever written."""
     dtype = SCALE_NUMPY_DTYPES[spec.scale_dtype]
-    if dtype == np.float32:
-        return scale
     with np.errstate(over="ignore"):  # an overflow is reported just below, as a SpecError
-        stored = scale.astype(dtype)
+        stored = scale if dtype == np.float32 else scale.astype(dtype)
     if not np.isfinite(stored.astype(np.float32)).all():
         biggest = float(scale.max())
         raise SpecError(
