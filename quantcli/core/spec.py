@@ -123,38 +123,29 @@ class QuantSpec:
             return replace(self, axis=self.resolve_axis(len(shape), name))
         return self
 
-    def label(self) -> str:
-        """A short human label, e.g. ``absmax int8 channel(0)``, ``zeropoint uint4 group(128)``."""
-        kind = "int" if self.signed else "uint"
+    def label(self, short: bool = False) -> str:
+        """``absmax int8 channel(0)``, ``zeropoint uint4 group(128) p99.9 float16 scales``;
+        short enough for an 80-column table: ``absmax i8 ch``, ``zp u4 g128 p99.9 f16``."""
+        scheme = "zp" if short and self.scheme == "zeropoint" else self.scheme
+        kind = ("i" if short else "int") if self.signed else ("u" if short else "uint")
         if self.granularity == "channel":
             gran = f"channel({self.axis})"
+            if short:
+                gran = "ch" if self.axis == 0 else f"ch{self.axis}"
         elif self.granularity == "group":
-            gran = f"group({self.group_size})"
+            gran = f"g{self.group_size}" if short else f"group({self.group_size})"
         else:
-            gran = "tensor"
-        text = f"{self.scheme} {kind}{self.bits} {gran}"
+            gran = "t" if short else "tensor"
+        text = f"{scheme} {kind}{self.bits} {gran}"
         if self.calibration == "percentile":
             text += f" p{self.percentile:g}"
         if self.scale_dtype != "float32":
-            text += f" {self.scale_dtype} scales"
+            short_dtype = {"float16": "f16", "bfloat16": "bf16"}[self.scale_dtype]
+            text += f" {short_dtype}" if short else f" {self.scale_dtype} scales"
         return text
 
     def short_label(self) -> str:
-        """A label short enough for an 80-column table: ``absmax i8 ch``, ``zp u4 g128 p99.9``."""
-        scheme = "zp" if self.scheme == "zeropoint" else self.scheme
-        kind = f"{'i' if self.signed else 'u'}{self.bits}"
-        if self.granularity == "channel":
-            gran = "ch" if self.axis == 0 else f"ch{self.axis}"
-        elif self.granularity == "group":
-            gran = f"g{self.group_size}"
-        else:
-            gran = "t"
-        text = f"{scheme} {kind} {gran}"
-        if self.calibration == "percentile":
-            text += f" p{self.percentile:g}"
-        if self.scale_dtype != "float32":
-            text += {"float16": " f16", "bfloat16": " bf16"}[self.scale_dtype]
-        return text
+        return self.label(short=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
