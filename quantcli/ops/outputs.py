@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from quantcli.errors import OutputConflictError, OutputError
+from quantcli.errors import OutputConflictError, OutputError, UsageError
 from quantcli.io.atomic import AtomicGroup, atomic_write
 
 STDIO = "-"
@@ -94,6 +94,11 @@ ShardWriter = Callable[[BinaryIO], list[tuple[str, int]]]
 def write_file(output: str, inputs: list[Path], force: bool, write: ShardWriter) -> list[str]:
     """Write one output: to stdout for ``-``, else atomically to the path. Returns the files."""
     if is_stdio(output):
+        if sys.stdout.isatty():
+            raise UsageError(
+                "binary output to a terminal in -o -: a weight file would garble the screen; "
+                "redirect it (> file) or pipe it (| quant decompress -)"
+            )
         # all or nothing on stdout too: a failure half way (a NaN in the last tensor) must
         # not leave half a file in the pipe, so the output is spooled and copied when whole
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY) as spool:

@@ -1,5 +1,5 @@
-"""Progress reporting: the library calls back once per tensor with honest totals, and the CLI
-shows a bar on stderr only when stderr is a terminal."""
+"""What quant does on a terminal: a progress bar on stderr only when stderr is one (and the
+library's progress callbacks behind it), and never binary weights on a terminal stdout."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from quantcli.cli.render import progress_bar
 from quantcli.core import QuantSpec
@@ -63,3 +64,19 @@ def test_bar_only_on_a_terminal(monkeypatch):
     with progress_bar("quantizing", enabled=False) as advance:
         advance("w", 10, 20)
     assert quiet.getvalue() == ""
+
+
+def test_binary_output_to_a_terminal_is_refused(tmp_path, monkeypatch):
+    """`-o -` on a terminal would print a weight file on the screen: refused, nothing read."""
+    from quantcli.errors import UsageError
+
+    class Terminal(io.StringIO):
+        buffer = io.BytesIO()
+
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    with pytest.raises(UsageError, match="binary output to a terminal"):
+        compress(str(SAMPLE), "-", Selector(QuantSpec()))
+    assert sys.stdout.buffer.getvalue() == b""
