@@ -103,9 +103,9 @@ def quantize(
             raise _nonfinite_error(xv, name)
         return scheme.params(lo, hi, spec)
 
-    def chunk(index, p) -> ErrorStats:
-        """Encode (and measure) one chunk with parameters ``p`` of its groups."""
-        part, out = _float32(xv[index]), codes[index]
+    def chunk(index, part, p) -> ErrorStats:
+        """Encode (and measure) chunk ``part`` (float32) with parameters ``p`` of its groups."""
+        out = codes[index]
         scale, zp = tiles.expand(p.scale, part), _expand_optional(tiles, p.zero_point, part)
         scheme.encode(part, scale, zp, spec, out=out)
         if spec.calibration == "percentile" and p.empty.any():
@@ -121,14 +121,14 @@ def quantize(
             part = _float32(xv[index])
             p = calibrated(*chunk_range(tiles, part, spec), part)
             params.part(index).store(p)
-            return chunk(index, p)
+            return chunk(index, part, p)
     else:
         # one group spans every chunk: its range comes first (chunk by chunk for min-max)
         p = calibrated(*tensor_range(tiles, xv, spec), xv)
         params.store(p)
 
         def run(index) -> ErrorStats:
-            return chunk(index, p)
+            return chunk(index, _float32(xv[index]), p)
 
     stats = ErrorStats()
     for chunk_stats in map_chunks(run, tiles.chunks):
