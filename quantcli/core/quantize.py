@@ -5,10 +5,11 @@ codes; ``dequantize`` restores floats. Scales are computed and applied in float3
 in the spec's scale dtype (as llama.cpp's Q8_0 computes codes with the float32 d and stores d
 as float16).
 
-The array is walked in cache-sized chunks (``layout.tiling``) on a thread pool: a chunk is
-converted to float32, calibrated, encoded and, on request, measured while it is in cache, so
-the whole pass reads each weight from memory once (twice for per-tensor ranges). The results
-do not depend on the chunking: ``tests/test_core_chunking.py`` checks them bit for bit.
+The array is walked in cache-sized chunks (``layout.tiling``; spread over threads with
+``QUANT_THREADS``): a chunk is converted to float32, calibrated, encoded and, on request,
+measured while it is in cache, so the whole pass reads each weight from memory once (twice
+for per-tensor ranges). The results do not depend on the chunking or the thread count:
+``tests/test_core_chunking.py`` checks them bit for bit.
 """
 
 from __future__ import annotations
