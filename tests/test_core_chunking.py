@@ -68,3 +68,32 @@ def test_measured_stats_match_a_separate_dequantize(spec, monkeypatch):
         assert fused.as_dict()[key] == pytest.approx(value, rel=1e-12), key
     if spec.calibration == "percentile":
         assert fused.clipped > 0
+
+
+PACKED_SHAPES = [(6, 9, 37), (5, 40), (33,), (), (0, 8), (3, 0)]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label())
+@pytest.mark.parametrize("shape", PACKED_SHAPES, ids=str)
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_packed_in_chunks_equals_pack_afterwards(spec, shape, threads, monkeypatch):
+    """quantize(packed=True) packs each group chunk while in cache (and other granularities
+    at the end): the bytes, statistics and reconstruction equal pack(quantize().codes)."""
+    from quantcli.core.packing import pack
+
+    ndim = max(len(shape), 1)
+    if spec.granularity == "channel" and not -ndim <= spec.axis < ndim:
+        pytest.skip("the channel axis does not exist in this shape")
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    whole = quantize(x, spec, measure=True)
+    monkeypatch.setattr(quantize_module, "CHUNK_ELEMENTS", 11)
+    monkeypatch.setenv("QUANT_THREADS", threads)
+    packed = quantize(x, spec, measure=True, packed=True)
+    expected = pack(whole.codes, spec.bits)
+    assert packed.packed == (spec.bits < 8)
+    assert packed.codes.shape == expected.shape
+    np.testing.assert_array_equal(packed.codes, expected)
+    np.testing.assert_array_equal(packed.unpacked_codes(), whole.codes)
+    np.testing.assert_array_equal(packed.dequantize(), whole.dequantize())
+    assert packed.stats.sum_sq_error == pytest.approx(whole.stats.sum_sq_error, rel=1e-12)
+    assert packed.stats.count == whole.stats.count

@@ -251,3 +251,38 @@ def test_float64_beyond_float32_range_is_refused():
     x = np.array([[1e300, 1.0], [0.5, -2.0]])
     with pytest.raises(InputError, match=r"beyond float32's range .* in tensor big:"):
         quantize(x, QuantSpec(), "big")
+
+
+NAN_BITS = [0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF]  # quiet/signalling, either sign
+
+
+@pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
+@pytest.mark.parametrize("nan_bits", NAN_BITS, ids=hex)
+@pytest.mark.parametrize("neighbours", [(1.0, -1.0), (2.0, 3.0), (-2.0, -3.0)])
+def test_any_nan_in_a_group_is_reported(scheme, nan_bits, neighbours):
+    """Group ranges are reduced on the float bits read as integers: a NaN of either sign and
+    any payload must still come out, whatever the signs of its neighbours."""
+    x = np.tile(np.array(neighbours, np.float32), (3, 4))
+    x[1, 5] = np.array(nan_bits, np.uint32).view(np.float32)
+    spec = QuantSpec(scheme, 8, "group", group_size=4)
+    with pytest.raises(NonFiniteError, match=r"^1 non-finite values \(1 NaN, 0 inf\)"):
+        quantize(x, spec, "w")
+
+
+@pytest.mark.parametrize("group_size", [1, 3, 32])
+def test_group_ranges_equal_float_min_max(group_size):
+    """The integer-key group reductions give exactly the float min / max (zero included)."""
+    rng = np.random.default_rng(7)
+    pool = np.array([0.0, -0.0, SUB32, -SUB32, 1e-40, -1e-40, 1e-30, -2.5, 7.0, 3e38, -MAX32])
+    x = rng.choice(pool, size=(6, 40)).astype(np.float32)
+    x[2] = np.abs(x[2])  # a row without negatives
+    x[3] = -np.abs(x[3]) - 1.0  # a row without non-negatives
+    edges = np.arange(0, x.shape[1], group_size)
+    lo = np.minimum(np.minimum.reduceat(x, edges, axis=1), 0)
+    hi = np.maximum(np.maximum.reduceat(x, edges, axis=1), 0)
+    zp = quantize(x, QuantSpec("zeropoint", 8, "group", group_size=group_size))
+    np.testing.assert_array_equal(zp.clip_lo, lo)
+    np.testing.assert_array_equal(zp.clip_hi, hi)
+    amax = np.maximum.reduceat(np.abs(x), edges, axis=1)
+    ab = quantize(x, QuantSpec("absmax", 8, "group", group_size=group_size))
+    np.testing.assert_array_equal(ab.clip_hi, amax)

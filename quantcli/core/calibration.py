@@ -55,13 +55,30 @@ def tensor_range(tiles: Tiling, view: np.ndarray, spec: QuantSpec):
 
 
 def _minmax(tiles: Tiling, part: np.ndarray, signed: bool):
-    if signed and tiles.granularity == "group":
-        # max |x| in one reduceat (the slow part for short groups) rather than two; |x| goes
-        # to a scratch buffer that stays in cache
-        absolute = np.abs(part, out=scratch("calibrate", part.shape, np.float32))
-        amax = tiles.reduce(np.maximum, absolute)
-        return -amax, amax
+    if tiles.granularity == "group":
+        return _group_minmax(tiles, part, signed)
     return tiles.reduce(np.minimum, part), tiles.reduce(np.maximum, part)
+
+
+def _group_minmax(tiles: Tiling, part: np.ndarray, signed: bool):
+    """Group ranges from the float32 bits read as integers: NumPy's integer reduceat is 2-3x
+    faster than its float one (which checks every step for NaN), the slow part of short groups.
+
+    The range includes zero, as both schemes need. Non-negative floats order like their bits
+    read as int32, and negative floats like their bits read as uint32 (the larger, the more
+    negative), so the int32 maximum is the largest value when a group holds any value >= 0,
+    and the uint32 maximum is the most negative value when it holds any value < 0; clamping
+    at zero covers the groups without one or the other. A NaN's bits lie beyond inf's, so a
+    NaN comes out of these reductions and is reported.
+    """
+    bits = part.view(np.int32)
+    if signed:  # |x| is the sign bit cleared; one reduction gives amax
+        absolute = np.bitwise_and(bits, 0x7FFFFFFF, out=scratch("calibrate", part.shape, np.int32))
+        amax = tiles.reduce(np.maximum, absolute).view(np.float32)
+        return -amax, amax
+    hi = tiles.reduce(np.maximum, bits).view(np.float32)
+    most_negative = tiles.reduce(np.maximum, bits.view(np.uint32)).view(np.float32)
+    return np.minimum(most_negative, np.float32(0)), np.maximum(hi, np.float32(0))
 
 
 def _percentile_range(x: np.ndarray, axis, spec: QuantSpec):

@@ -28,8 +28,11 @@ def packed_length(n: int, bits: int) -> int:
     return -(-n * bits // 8)
 
 
-def pack(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack int8/uint8 ``codes`` of shape (..., n) into uint8 of shape (..., packed_length)."""
+def pack(codes: np.ndarray, bits: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Pack int8/uint8 ``codes`` of shape (..., n) into uint8 of shape (..., packed_length).
+
+    out: an optional C-contiguous uint8 array of that shape to write into (and return).
+    """
     codes = np.asarray(codes)
     if bits == 8:
         return codes
@@ -37,7 +40,10 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     # the row count is explicit: reshape(-1, 0) is ambiguous for an empty last axis
     rows = codes.reshape(math.prod(lead), codes.shape[-1] if codes.ndim else 1).view(np.uint8)
     n = rows.shape[1]
-    out = np.empty((rows.shape[0], packed_length(n, bits)), np.uint8)
+    if out is not None and not out.flags.c_contiguous:
+        raise ValueError("pack: out must be C-contiguous")
+    result = np.empty(lead + (packed_length(n, bits),), np.uint8) if out is None else out
+    out = result.reshape(rows.shape[0], packed_length(n, bits))  # a view: result is contiguous
     mask = np.uint8((1 << bits) - 1)
     if bits == 4 and n % 2 == 0:
         _pack_nibble_pairs(rows, out)
@@ -54,24 +60,24 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
             stream = np.unpackbits(chunk[..., None], axis=-1, bitorder="little")[..., :bits]
             stream = stream.reshape(chunk.shape[0], n * bits)
             out[start : start + step] = np.packbits(stream, axis=-1, bitorder="little")
-    return out.reshape(lead + (out.shape[1],))
+    return result
 
 
 def _pack_nibble_pairs(rows: np.ndarray, out: np.ndarray) -> None:
     """4-bit packing of rows of even length: each pair of codes, read as one little-endian
-    uint16, becomes ``(pair & 0x0F) | ((pair >> 4) & 0xF0)``, i.e. element 2i in the low
-    nibble. Contiguous uint16 operations in cache-sized chunks: far faster than byte-strided
-    slices."""
+    uint16, becomes ``v | (v >> 4)`` with ``v = pair & 0x0F0F`` (element 2i's low nibble in
+    bits 0-3, element 2i+1's in bits 8-11, shifted down to bits 4-7), whose low byte is the
+    packed byte. Contiguous uint16 operations in cache-sized chunks: far faster than
+    byte-strided slices."""
     pairs = np.ascontiguousarray(rows).reshape(-1).view(np.uint16)
     flat = out.reshape(-1)
     step = CHUNK_ROWS_BYTES // 8
     for start in range(0, pairs.size, step):
         chunk = pairs[start : start + step]
-        low = np.bitwise_and(chunk, 0x0F, out=scratch("pack-low", chunk.shape, np.uint16))
-        high = np.right_shift(chunk, 4, out=scratch("pack-high", chunk.shape, np.uint16))
-        np.bitwise_and(high, 0xF0, out=high)
-        np.bitwise_or(low, high, out=low)
-        np.copyto(flat[start : start + step], low, casting="unsafe")
+        nibbles = np.bitwise_and(chunk, 0x0F0F, out=scratch("pack-low", chunk.shape, np.uint16))
+        high = np.right_shift(nibbles, 4, out=scratch("pack-high", chunk.shape, np.uint16))
+        np.bitwise_or(nibbles, high, out=nibbles)
+        np.copyto(flat[start : start + step], nibbles, casting="unsafe")  # the low byte
 
 
 def unpack(packed: np.ndarray, bits: int, n: int, signed: bool) -> np.ndarray:

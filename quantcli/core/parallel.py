@@ -10,6 +10,7 @@ machine shows they pay.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -55,7 +56,7 @@ def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A reusable, uninitialised buffer of this thread: no allocation (and no page faults) per
     chunk. Buffers with the same ``name`` share memory: use each name for one purpose."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
         buffers = _local.buffers = {}

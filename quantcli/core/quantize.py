@@ -24,6 +24,7 @@ import numpy as np
 from quantcli.core.calibration import chunk_range, tensor_range
 from quantcli.core.layout import param_shape, tiling
 from quantcli.core.metrics import ErrorStats
+from quantcli.core.packing import pack, packed_length, unpack
 from quantcli.core.parallel import CHUNK_ELEMENTS, map_chunks, scratch
 from quantcli.core.schemes import SCALE_NUMPY_DTYPES, SCHEMES
 from quantcli.core.spec import QuantSpec
@@ -50,7 +51,8 @@ def is_float_dtype(dtype) -> bool:
 class QuantizedTensor:
     """A quantized array.
 
-    codes: int8 (absmax) or uint8 (zeropoint), unpacked, ``shape``.
+    codes: int8 (absmax) or uint8 (zeropoint) of ``shape``; when ``packed``, the uint8 of
+    ``packing.pack`` (shape ``shape[:-1] + (packed_length,)``) for bits < 8.
     scale: ``spec.scale_dtype``, ``param_shape(shape, spec)``.
     zero_point: uint8 of the scale's shape, or None for absmax.
     clip_lo / clip_hi: float32 calibrated range of every group (scale's shape); values outside
@@ -67,18 +69,33 @@ class QuantizedTensor:
     clip_lo: np.ndarray | None = field(default=None, repr=False)
     clip_hi: np.ndarray | None = field(default=None, repr=False)
     stats: ErrorStats | None = field(default=None, repr=False)
+    packed: bool = False
+
+    def unpacked_codes(self) -> np.ndarray:
+        """The codes, one int8/uint8 per element, of ``shape``."""
+        if not self.packed or self.spec.bits == 8:
+            return self.codes
+        n = self.shape[-1] if self.shape else 1
+        return unpack(self.codes, self.spec.bits, n, self.spec.signed).reshape(self.shape)
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
-        return dequantize(self.codes, self.scale, self.zero_point, self.spec, dtype=dtype)
+        codes = self.unpacked_codes()
+        return dequantize(codes, self.scale, self.zero_point, self.spec, dtype=dtype)
 
 
 def quantize(
-    x: np.ndarray, spec: QuantSpec, name: str = "tensor", measure: bool = False
+    x: np.ndarray,
+    spec: QuantSpec,
+    name: str = "tensor",
+    measure: bool = False,
+    packed: bool = False,
 ) -> QuantizedTensor:
     """Quantize ``x`` (any shape; fp64/fp32/fp16/bf16/fp8, computed in float32) with ``spec``.
 
     measure: also compute the error statistics of the reconstruction from the stored
     parameters (``QuantizedTensor.stats``), chunk by chunk while the data is in cache.
+    packed: give the codes packed (``packing.pack``) when bits < 8. Per group, each chunk is
+    packed while in cache, so the unpacked codes never exist as a whole.
 
     Raises SpecError when the spec does not fit the array (e.g. axis out of range),
     InputError for non-float arrays and NonFiniteError when ``x`` holds NaN or inf.
@@ -95,7 +112,14 @@ def quantize(
     scheme = SCHEMES[spec.scheme]
     tiles = tiling(x.shape, spec, CHUNK_ELEMENTS)
     xv = x.reshape(tiles.view_shape)
-    codes = np.empty(tiles.view_shape, scheme.code_dtype)
+    packed = packed and spec.bits < 8
+    # group chunks are whole rows of the last axis, so they can be packed one by one
+    pack_chunks = packed and tiles.granularity == "group"
+    if pack_chunks:
+        rows, last = tiles.view_shape
+        codes = np.empty((rows, packed_length(last, spec.bits)), np.uint8)
+    else:
+        codes = np.empty(tiles.view_shape, scheme.code_dtype)
     params = _ParamArrays.empty(tiles.param_view_shape, spec.has_zero_point)
 
     def calibrated(lo, hi, part):
@@ -104,21 +128,23 @@ def quantize(
             raise _nonfinite_error(xv, name)
         return scheme.params(lo, hi, spec)
 
-    def chunk(index, part, p) -> ErrorStats:
+    def chunk(index, part, p) -> ErrorStats | None:
         """Encode (and measure) chunk ``part`` (float32) with parameters ``p`` of its groups."""
-        out = codes[index]
+        out = scratch("codes", part.shape, scheme.code_dtype) if pack_chunks else codes[index]
         scale, zp = tiles.expand(p.scale, part), _expand_optional(tiles, p.zero_point, part)
         scheme.encode(part, scale, zp, spec, out=out)
         if spec.calibration == "percentile" and p.empty.any():
             # the range is the point 0: every value of the group is clipped to exactly 0
             np.copyto(out, 0, where=tiles.expand(p.empty, part))
+        if pack_chunks:
+            pack(out, spec.bits, out=codes[index])
         if not measure:
-            return ErrorStats()
+            return None
         return _measure(tiles, scheme, spec, part, out, p, name)
 
     if tiles.independent:
         # every group lies inside one chunk: calibrate, encode and measure it in cache
-        def run(index) -> ErrorStats:
+        def run(index) -> ErrorStats | None:
             part = _float32(xv[index])
             p = calibrated(*chunk_range(tiles, part, spec), part)
             params.part(index).store(p)
@@ -128,15 +154,22 @@ def quantize(
         p = calibrated(*tensor_range(tiles, xv, spec), xv)
         params.store(p)
 
-        def run(index) -> ErrorStats:
+        def run(index) -> ErrorStats | None:
             return chunk(index, _float32(xv[index]), p)
 
     stats = ErrorStats()
     for chunk_stats in map_chunks(run, tiles.chunks):
-        stats = stats.merge(chunk_stats)
+        if measure:
+            stats = stats.merge(chunk_stats)
     pshape = param_shape(x.shape, spec)
+    if pack_chunks:
+        codes = codes.reshape(x.shape[:-1] + codes.shape[-1:])
+    else:
+        codes = codes.reshape(x.shape)
+        if packed:
+            codes = pack(codes, spec.bits)
     return QuantizedTensor(
-        codes=codes.reshape(x.shape),
+        codes=codes,
         scale=_store_scale(params.scale.reshape(pshape), spec, name),
         zero_point=None if params.zero_point is None else params.zero_point.reshape(pshape),
         spec=spec,
@@ -145,6 +178,7 @@ def quantize(
         clip_lo=params.lo.reshape(pshape),
         clip_hi=params.hi.reshape(pshape),
         stats=stats if measure else None,
+        packed=packed,
     )
 
 
@@ -281,14 +315,19 @@ def _nonfinite_error(x: np.ndarray, name: str) -> NonFiniteError:
     )
 
 
+_LARGEST = {name: float(ml_dtypes.finfo(dt).max) for name, dt in SCALE_NUMPY_DTYPES.items()}
+
+
 def _store_scale(scale: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
     """float32 ``scale`` in the spec's scale dtype, checked finite: nothing that could restore
     to inf or NaN is ever written."""
     dtype = SCALE_NUMPY_DTYPES[spec.scale_dtype]
     with np.errstate(over="ignore"):  # an overflow is reported just below, as a SpecError
         stored = scale if dtype == np.float32 else scale.astype(dtype)
-    if not np.isfinite(stored.astype(np.float32)).all():
-        biggest = float(scale.max())
+    biggest = float(scale.max()) if scale.size else 0.0
+    # only a scale beyond the dtype's largest value can round to inf: check those alone
+    suspect = not math.isfinite(biggest) or biggest > _LARGEST[spec.scale_dtype]
+    if suspect and not np.isfinite(stored.astype(np.float32)).all():
         raise SpecError(
             f"scale {biggest:.4g} overflows {spec.scale_dtype} in tensor {name}: "
             "the weights are too large for that scale dtype; use --scale-dtype float32"

@@ -87,7 +87,7 @@ def entry_of(name: str, qt: QuantizedTensor) -> QuantizedEntry:
 
 def stored_arrays(name: str, qt: QuantizedTensor) -> list[tuple[str, np.ndarray]]:
     """The arrays ``qt`` is written as: codes (packed when bits < 8), scales, zero points."""
-    codes = qt.codes if qt.spec.bits == 8 else pack(qt.codes, qt.spec.bits)
+    codes = qt.codes if qt.spec.bits == 8 or qt.packed else pack(qt.codes, qt.spec.bits)
     codes = codes.reshape(1) if codes.ndim == 0 else codes  # a 0-d tensor is stored as (1,)
     out = [(name, codes), (name + SCALE_SUFFIX, qt.scale)]
     if qt.zero_point is not None:

@@ -62,7 +62,7 @@ def process(name: str, array: np.ndarray, selection: Selection) -> TensorResult:
     shape, dtype = tuple(array.shape), np.dtype(array.dtype)
     if not selection.quantized:
         return TensorResult(name, shape, dtype, selection, stored=[(name, array)])
-    qt = quantize(array, selection.spec, name, measure=True)
+    qt = quantize(array, selection.spec, name, measure=True, packed=True)
     return TensorResult(
         name,
         shape,
