@@ -169,7 +169,7 @@ def bench_kernels(report: Report, n: int, repeat: int) -> None:
     ours, theirs = paired_times(
         lambda: quantize(x, q8),
         lambda: gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
-        max(3, repeat // 2),
+        repeat,
     )
     report.timed(
         "Q8_0 numerics (group32 f16)",

@@ -14,7 +14,7 @@ from fnmatch import fnmatchcase
 
 import numpy as np
 
-from quantcli.core.quantize import is_float_dtype
+from quantcli.core.quantizer import is_float_dtype
 from quantcli.core.spec import QuantSpec
 
 DEFAULT_MIN_ELEMENTS = 1024

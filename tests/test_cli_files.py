@@ -507,7 +507,7 @@ def test_json_with_stdout_output_is_refused(tmp_path):
 
 def test_compress_json_matches_independent_stats(tmp_path):
     from quantcli.core.metrics import ErrorStats
-    from quantcli.core.quantize import clipped_mask, quantize
+    from quantcli.core.quantizer import clipped_mask, quantize
     from quantcli.core.spec import QuantSpec
 
     out = tmp_path / "q.safetensors"

@@ -6,15 +6,11 @@ few elements: every granularity then spans many chunks (and both threads).
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
+import quantcli.core.quantizer as quantize_module
 from quantcli.core import ErrorStats, QuantSpec, clipped_mask, quantize
-
-# the module, not the function of the same name that quantcli.core exports
-quantize_module = importlib.import_module("quantcli.core.quantize")
 
 SPECS = [
     QuantSpec("absmax", 8, "tensor"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -252,3 +254,19 @@ def test_spec_is_frozen_and_hashable():
     with pytest.raises(AttributeError):
         spec.bits = 4  # type: ignore[misc]
     assert len({QuantSpec(), QuantSpec(scheme="symmetric"), QuantSpec(bits=4)}) == 2
+
+
+def test_core_exports_load_lazily_and_name_the_functions():
+    """inspect's imports leave the quantization code unloaded (start-up time), and the
+    package's names are the functions whatever was imported first."""
+    code = (
+        "import sys\n"
+        "import quantcli.ops.inspect_file\n"
+        "assert 'quantcli.core.quantizer' not in sys.modules, 'quantizer loaded'\n"
+        "import quantcli.core.quantizer\n"
+        "from quantcli.core import quantize, QuantizedTensor, ErrorStats, pack\n"
+        "assert callable(quantize) and quantize.__module__ == 'quantcli.core.quantizer'\n"
+        "import quantcli.core as core\n"
+        "assert sorted(core.__all__) == core.__all__ and 'quantize' in dir(core)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,21 +3,36 @@
 Nothing here reads files or prints: arrays in, arrays out.
 """
 
-from quantcli.core.layout import param_shape
-from quantcli.core.metrics import ErrorStats
-from quantcli.core.packing import pack, packed_length, unpack
-from quantcli.core.quantize import QuantizedTensor, clipped_mask, dequantize, quantize
-from quantcli.core.spec import QuantSpec
+from __future__ import annotations
 
-__all__ = [
-    "ErrorStats",
-    "QuantSpec",
-    "QuantizedTensor",
-    "clipped_mask",
-    "dequantize",
-    "pack",
-    "packed_length",
-    "param_shape",
-    "quantize",
-    "unpack",
-]
+import importlib
+
+# The names load on first use (PEP 562): a command that needs only QuantSpec, such as
+# inspect, starts without importing the quantization code.
+_EXPORTS = {
+    "ErrorStats": "quantcli.core.metrics",
+    "QuantSpec": "quantcli.core.spec",
+    "QuantizedTensor": "quantcli.core.quantizer",
+    "clipped_mask": "quantcli.core.quantizer",
+    "dequantize": "quantcli.core.quantizer",
+    "pack": "quantcli.core.packing",
+    "packed_length": "quantcli.core.packing",
+    "param_shape": "quantcli.core.layout",
+    "quantize": "quantcli.core.quantizer",
+    "unpack": "quantcli.core.packing",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quantcli.core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -37,6 +37,7 @@ reduction over a leading axis (columns in memory) are transposed block by block 
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Iterator
@@ -207,7 +208,12 @@ def _normalize_axes(axis, nd):
 # weakly (float32 data -> float32 result) also depends on the version: ask NumPy.
 _NUMPY2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
 _Q_TYPES = (int, float, np.integer, np.float64) + ((np.float32,) if _NUMPY2 else ())
-_WEAK_Q = np.percentile(np.zeros(2, np.float32), 50.0).dtype == np.float32
+
+
+@functools.cache
+def _weak_q() -> bool:
+    # asked on first use, not at import: np.percentile's first call imports numpy.ma (~15 ms)
+    return np.percentile(np.zeros(2, np.float32), 50.0).dtype == np.float32
 
 
 def _plan(q, n):
@@ -218,7 +224,7 @@ def _plan(q, n):
     """
     if isinstance(q, bool) or not isinstance(q, _Q_TYPES):
         raise _Fallback
-    weak_q = _WEAK_Q and type(q) in (int, float)
+    weak_q = _weak_q() and type(q) in (int, float)
     quantiles = np.asarray(np.true_divide(q, 100))
     if not (quantiles >= 0 and quantiles <= 1):
         raise _Fallback  # np.percentile raises its ValueError

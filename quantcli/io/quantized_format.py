@@ -34,7 +34,7 @@ from quantcli.errors import QuantError, QuantizedFormatError
 from quantcli.io.dtypes import numpy_dtype, safetensors_dtype
 
 if TYPE_CHECKING:
-    from quantcli.core.quantize import QuantizedTensor
+    from quantcli.core.quantizer import QuantizedTensor
 
 FORMAT_NAME = "quantcli"
 FORMAT_VERSION = "1"
@@ -211,7 +211,7 @@ def restore(entry: QuantizedEntry, arrays: dict, label: str, dtype=None) -> np.n
             f"zero point out of range in tensor {_shown(entry.name)} of {label}: above "
             f"{spec.code_range[1]} for {spec.bits} bits; the file is damaged, re-run quant compress"
         )
-    from quantcli.core.quantize import dequantize  # the numerics load only when restoring
+    from quantcli.core.quantizer import dequantize  # the numerics load only when restoring
 
     target = np.dtype(entry.dtype if dtype is None else dtype)
     x_hat = dequantize(codes, scale, zp, spec)

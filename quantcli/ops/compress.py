@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantcli.core.quantize import is_float_dtype
+from quantcli.core.quantizer import is_float_dtype
 from quantcli.errors import InputError, UsageError
 from quantcli.io.detect import open_input
 from quantcli.io.numpy_files import NpyReader

@@ -26,7 +26,7 @@ from itertools import product
 import numpy as np
 
 from quantcli.core.metrics import ErrorStats
-from quantcli.core.quantize import quantize
+from quantcli.core.quantizer import quantize
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import InputError, QualityGateError, UsageError
 from quantcli.io.detect import open_input

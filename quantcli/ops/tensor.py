@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quantcli.core.metrics import ErrorStats
-from quantcli.core.quantize import quantize
+from quantcli.core.quantizer import quantize
 from quantcli.io.quantized_format import QuantizedEntry, entry_of, stored_arrays
 from quantcli.select import Selection
 

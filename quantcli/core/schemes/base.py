@@ -31,7 +31,7 @@ class GroupParams(Protocol):
 
 class Scheme(Protocol):
     """One quantization scheme: element-wise kernels only. Layout, chunking, calibration and
-    storage live in ``quantize.py``, ``layout.py`` and ``calibration.py``; parameters reach
+    storage live in ``quantizer.py``, ``layout.py`` and ``calibration.py``; parameters reach
     ``encode``/``decode`` already shaped to broadcast against the values."""
 
     name: str

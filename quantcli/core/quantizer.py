@@ -237,8 +237,8 @@ class _ParamArrays:
     def empty(cls, shape: tuple[int, ...], zero_point: bool) -> _ParamArrays:
         # an empty tensor keeps these defaults: scale 1, range [0, 0], zero point 0
         zp = np.zeros(shape, np.uint8) if zero_point else None
-        zeros = np.zeros(shape, np.float32)
-        return cls(np.ones(shape, np.float32), zeros, zeros.copy(), zp)
+        lo, hi = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        return cls(np.ones(shape, np.float32), lo, hi, zp)
 
     def part(self, index) -> _ParamArrays:
         zp = None if self.zero_point is None else self.zero_point[index]
