@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 import quantcli
 import quantcli.io.quantized_format as quantized_format
 from quantcli.cli import app
+from quantcli.io import save_bytes
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -546,3 +547,70 @@ def test_absmax8_code_minus_128_is_refused(tmp_path):
     bad = tmp_path / "bad.safetensors"
     patch_tensor_bytes(src, bad, "proj.weight", 5, 0x80)  # int8 -128
     assert_error(run("decompress", bad, "-o", tmp_path / "r.safetensors"), 1, "code out of range")
+
+
+# -- data alignment ------------------------------------------------------------------------
+
+ITEMSIZE = {"F64": 8, "F32": 4, "I32": 4, "BF16": 2, "F16": 2, "U8": 1, "I8": 1}
+
+
+def assert_aligned(path: Path) -> list[str]:
+    """Every tensor's data starts at a multiple of its element size, counted from the start
+    of the file (what loaders that view a mapped file as typed arrays need)."""
+    header, base = read_header(path.read_bytes())
+    header.pop("__metadata__", None)
+    for name, entry in header.items():
+        start = base + entry["data_offsets"][0]
+        assert start % ITEMSIZE[entry["dtype"]] == 0, (name, entry)
+    return list(header)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_outputs_are_aligned_and_list_tensors_in_source_order(tmp_path, bits):
+    """Odd-length packed codes come before float scales and kept float tensors in the source
+    order; the data is still laid out so that every tensor is aligned, while the header (and
+    so inspect and decompress) keeps the source order."""
+    rng = np.random.default_rng(5)
+    tensors = {
+        "a.weight": rng.standard_normal((17, 65)).astype(np.float32),  # odd-length codes
+        "a.bias": rng.standard_normal(5).astype(np.float32),
+        "b.weight": rng.standard_normal((33, 65)).astype(ml_dtypes.bfloat16),
+        "b.norm": rng.standard_normal(3).astype(np.float16),
+    }
+    src = tmp_path / "in.safetensors"
+    src.write_bytes(save_bytes(tensors))
+    q = tmp_path / "q.safetensors"
+    opts = ["--granularity", "group", "--group-size", "32", "--bits", str(bits)]
+    ok("compress", src, "-o", q, "--scheme", "zeropoint", *opts, "-q")
+    names = assert_aligned(q)
+    logical = [n for n in names if not n.endswith((".scale", ".zero_point"))]
+    assert logical == list(tensors)
+    restored = tmp_path / "r.safetensors"
+    ok("decompress", q, "-o", restored, "-q")
+    assert assert_aligned(restored) == list(tensors)
+    inspect = json.loads(ok("inspect", "--json", q).stdout)
+    assert [t["tensor"] for t in inspect["tensors"]] == list(tensors)
+    quantized = [t["tensor"] for t in inspect["tensors"] if t["spec"] is not None]
+    assert quantized == ["a.weight", "b.weight"]
+
+
+def test_files_in_the_earlier_unaligned_layout_still_restore(tmp_path):
+    """legacy_unaligned.safetensors was written by quant 0.1.0 before the aligned layout
+    (data in plan order, so its float32 scales follow odd-length codes). It restores to the
+    same floats as a file compressed now from the same input."""
+    old = DATA / "legacy_unaligned.safetensors"
+    header, base = read_header(old.read_bytes())
+    assert any((base + e["data_offsets"][0]) % 4 for n, e in header.items() if n.endswith("scale"))
+    new = tmp_path / "new.safetensors"
+    opts = ["--scheme", "zeropoint", "--bits", "3", "--granularity", "group", "--group-size", "32"]
+    ok("compress", DATA / "legacy_unaligned_input.safetensors", "-o", new, *opts, "-q")
+    assert_aligned(new)
+    ok("decompress", old, "-o", tmp_path / "old_restored.safetensors", "-q")
+    ok("decompress", new, "-o", tmp_path / "new_restored.safetensors", "-q")
+    a, _ = read_stored(tmp_path / "old_restored.safetensors")
+    b, _ = read_stored(tmp_path / "new_restored.safetensors")
+    assert a.keys() == b.keys()
+    order = ["a.weight", "a.bias", "b.weight"]
+    assert assert_aligned(tmp_path / "old_restored.safetensors") == order
+    assert assert_aligned(tmp_path / "new_restored.safetensors") == order
+    assert all(a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a)

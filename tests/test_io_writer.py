@@ -86,7 +86,7 @@ def test_output_equals_reference_bytes_in_reference_order():
 
 
 def test_reference_reads_our_files(tmp_path):
-    tensors = all_kinds()  # plan order: not the reference's, so data is unaligned too
+    tensors = all_kinds()  # plan order: not the reference's
     path = tmp_path / "ours.safetensors"
     path.write_bytes(save_bytes(tensors, {"k": "v"}))
 
@@ -107,7 +107,22 @@ def test_reference_reads_our_files(tmp_path):
         assert raw[name]["shape"] == list(expected.shape)
 
 
-def test_our_reader_reads_our_files_and_data_follows_plan_order():
+def test_data_is_laid_out_as_the_reference_does_whatever_the_plan_order():
+    """The header lists tensors in plan order; the data section is the reference writer's
+    (sorted by dtype size, then name), so every tensor is aligned to its element size."""
+    tensors = all_kinds()
+    ours = save_bytes(tensors)
+    theirs = st_numpy.save(tensors)
+    ours_start = 8 + int.from_bytes(ours[:8], "little")
+    theirs_start = 8 + int.from_bytes(theirs[:8], "little")
+    assert ours[ours_start:] == theirs[theirs_start:]
+    entries, _, data_offset = parse_header(ours, len(ours), "x")
+    assert [e.name for e in entries] == list(tensors)
+    for e in entries:
+        assert (data_offset + e.begin) % max(1, e.dtype.itemsize) == 0, e.name
+
+
+def test_our_reader_reads_our_files_and_lists_them_in_plan_order():
     tensors = all_kinds()
     data = save_bytes(tensors)
     entries, metadata, _ = parse_header(data, len(data), "x")

@@ -56,9 +56,10 @@ def parse_header(
     file is fine) or a binary file positioned anywhere (it is read from offset 0).
     ``file_size`` is the size of the complete file in bytes; ``label`` names it in messages.
 
-    Returns ``(entries, metadata, data_offset)``: the tensors ordered by their position in
-    the data section, the ``__metadata__`` dict ({} if absent) and the absolute file offset
-    at which the data section starts (8 + N).
+    Returns ``(entries, metadata, data_offset)``: the tensors in the order the header lists
+    them (the writer's order; the data may be laid out differently, e.g. sorted by dtype for
+    alignment), the ``__metadata__`` dict ({} if absent) and the absolute file offset at
+    which the data section starts (8 + N).
 
     Raises FormatError naming ``label`` if anything is wrong; reads no tensor data.
     """
@@ -86,8 +87,7 @@ def parse_header(
     data_size = file_size - 8 - header_len
     entries = [_parse_entry(name, value, data_size, label) for name, value in header.items()]
     # Stable sort: zero-size tensors sharing an offset keep their header order.
-    entries.sort(key=lambda e: (e.begin, e.end))
-    _check_tiling(entries, data_size, label)
+    _check_tiling(sorted(entries, key=lambda e: (e.begin, e.end)), data_size, label)
     return entries, metadata, 8 + header_len
 
 
@@ -279,7 +279,7 @@ class SafetensorsReader(TensorSource):
         return list(self._infos)
 
     def entries(self) -> list[HeaderEntry]:
-        """The validated header entries (with byte offsets), in data order."""
+        """The validated header entries (with byte offsets), in header order."""
         return list(self._entries.values())
 
     def read(self, name: str) -> np.ndarray:

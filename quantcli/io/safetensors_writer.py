@@ -1,14 +1,16 @@
-"""Writing .safetensors files as a stream, one tensor at a time.
+"""Writing .safetensors files one tensor at a time.
 
 Because every tensor's byte size follows from its dtype and shape, the whole header (with
-all data offsets) can be written before any data. The writer therefore never seeks and
-never holds more than the tensor being written: it works on a temp file from
-``atomic_write`` and on a pipe (``sys.stdout.buffer``) alike.
+all data offsets) can be written before any data, and each tensor is written once, when it
+is ready: the writer never holds more than the tensor being written.
 
-Data is laid out in the order the tensors are planned. The format allows any order; the
-reference library instead sorts by dtype (largest element size first) and name, which keeps
-every tensor aligned to its element size. ``reference_order`` gives that order for callers
-that want it; NumPy and the reference reader handle unaligned tensors either way.
+Data is laid out as the reference library lays it out: by dtype, largest element size first,
+then by name (``reference_order``), so every tensor starts at a multiple of its element size
+(the header is padded to 8 bytes). Loaders that map a file and view its bytes as typed
+arrays (PyTorch views, GPU kernels, MLX) need that; an int8 code array of odd length would
+otherwise shift every tensor after it. Tensors are still written in the caller's order, each
+at its offset, so the file object must be seekable unless the two orders agree (a temp file
+from ``atomic_write``, the stdout spool and BytesIO all are).
 """
 
 from __future__ import annotations
@@ -51,12 +53,12 @@ _REFERENCE_RANK = {
 
 
 def reference_order(tensors: Iterable[PlannedTensor]) -> list[TensorInfo]:
-    """``tensors`` in the order safetensors' own writer uses: by dtype (larger element sizes
-    first), then by name.
+    """``tensors`` in the order safetensors' own writer lays them out, and SafetensorsWriter
+    too: by dtype (larger element sizes first), then by name.
 
-    Writing in this order keeps every tensor aligned to its element size in the file, and
-    makes SafetensorsWriter's output byte-identical to ``safetensors.numpy.save`` (given at
-    most one metadata key: the reference writes metadata in hash-map order).
+    This order keeps every tensor aligned to its element size in the file, and makes
+    SafetensorsWriter's output byte-identical to ``safetensors.numpy.save`` (given at most
+    one metadata key: the reference writes metadata in hash-map order).
     """
     infos = [_as_info(t) for t in tensors]
     return sorted(infos, key=lambda i: (_REFERENCE_RANK[safetensors_dtype(i.dtype)], i.name))
@@ -65,47 +67,64 @@ def reference_order(tensors: Iterable[PlannedTensor]) -> list[TensorInfo]:
 def build_header(
     tensors: Iterable[PlannedTensor], metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    """The 8-byte length plus the JSON header for ``tensors`` laid out in the given order.
+    """The 8-byte length plus the JSON header for ``tensors``.
 
-    The JSON is compact UTF-8, padded with spaces so that the data starts at a multiple of
-    8 bytes, as the reference writer does. Empty metadata is left out.
-    Raises ValueError for duplicate or reserved names and non-string metadata.
+    The header lists the tensors in the given order; their data is laid out in
+    ``reference_order`` (``data_starts``). The JSON is compact UTF-8, padded with spaces so
+    that the data starts at a multiple of 8 bytes, as the reference writer does. Empty
+    metadata is left out. Raises ValueError for duplicate or reserved names and non-string
+    metadata.
     """
+    infos = [_as_info(t) for t in tensors]
     header: dict[str, object] = {}
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise ValueError("safetensors metadata must map str to str")
         header["__metadata__"] = dict(sorted(metadata.items()))
-    offset = 0
-    for item in tensors:
-        info = _as_info(item)
+    for info in infos:
         if not isinstance(info.name, str) or info.name == "__metadata__":
             raise ValueError(f"invalid tensor name {info.name!r}")
         if info.name in header:
             raise ValueError(f"tensor {info.name!r} is planned twice")
+        header[info.name] = None  # the place in the listing; filled below
+    starts = data_starts(infos)
+    for info in infos:
+        start = starts[info.name]
         header[info.name] = {
             "dtype": safetensors_dtype(info.dtype, f"tensor {info.name!r}"),
             "shape": list(info.shape),
-            "data_offsets": [offset, offset + info.nbytes],
+            "data_offsets": [start, start + info.nbytes],
         }
-        offset += info.nbytes
     text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text
 
 
+def data_starts(tensors: Iterable[PlannedTensor]) -> dict[str, int]:
+    """Where each tensor's data starts (by name), counted from the start of the data
+    section, with the data laid out in ``reference_order``."""
+    starts, offset = {}, 0
+    for info in reference_order(tensors):
+        starts[info.name] = offset
+        offset += info.nbytes
+    return starts
+
+
 class SafetensorsWriter:
     """Write a safetensors file tensor by tensor, in a fixed plan order.
 
-    ``tensors`` is the plan: (name, dtype, shape) tuples or TensorInfo, in write order.
-    The header is written on construction; then call ``write(name, array)`` once per
-    planned tensor, in plan order, and ``close()`` to check that all were written::
+    ``tensors`` is the plan: (name, dtype, shape) tuples or TensorInfo, in write order,
+    which is also the order the header lists them in; their data is laid out in
+    ``reference_order``. The header is written on construction; then
+    call ``write(name, array)`` once per planned tensor, in plan order, and ``close()`` to
+    check that all were written::
 
         with SafetensorsWriter(f, [("w", np.float32, (2, 3))], {"format": "pt"}) as writer:
             writer.write("w", w)
 
-    ``close`` does not close ``fileobj``. A mismatch with the plan (wrong name, order,
-    dtype, shape, or a missing tensor) is a bug in the caller and raises ValueError.
+    ``close`` leaves ``fileobj`` open, positioned at the end of the file. A mismatch with the
+    plan (wrong name, order, dtype, shape, or a missing tensor) is a bug in the caller and
+    raises ValueError.
     """
 
     def __init__(
@@ -117,11 +136,16 @@ class SafetensorsWriter:
         self._plan = [_as_info(t) for t in tensors]
         header = build_header(self._plan, metadata)
         self.header_size = len(header)
+        # where each tensor's data starts, counted from the start of the file
+        self._starts = {
+            name: self.header_size + start for name, start in data_starts(self._plan).items()
+        }
         #: Size in bytes of the complete file.
         self.total_size = self.header_size + sum(info.nbytes for info in self._plan)
         self._file = fileobj
         self._next = 0
         self._file.write(header)
+        self._position = self.header_size
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Write the next planned tensor: ``array`` must have its name, dtype and shape.
@@ -139,7 +163,9 @@ class SafetensorsWriter:
             raise ValueError(f"{where} is planned as {planned.dtype}, got {array.dtype}")
         if array.shape != planned.shape:
             raise ValueError(f"{where} is planned with shape {planned.shape}, got {array.shape}")
+        self._seek(self._starts[name])
         write_array_bytes(self._file, array)
+        self._position += planned.nbytes
         self._next += 1
 
     def close(self) -> None:
@@ -147,6 +173,13 @@ class SafetensorsWriter:
         missing = [info.name for info in self._plan[self._next :]]
         if missing:
             raise ValueError(f"tensors planned but not written: {', '.join(missing)}")
+        self._seek(self.total_size)
+
+    def _seek(self, position: int) -> None:
+        # relative moves: the file object may not start at position 0 of the stream
+        if position != self._position:
+            self._file.seek(position - self._position, io.SEEK_CUR)
+            self._position = position
 
     def __enter__(self) -> SafetensorsWriter:
         return self
@@ -176,7 +209,7 @@ def write_array_bytes(fileobj: BinaryIO, array: np.ndarray) -> None:
 def save_bytes(
     tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    """A complete safetensors file holding ``tensors`` (in dict order), as bytes."""
+    """A complete safetensors file holding ``tensors``, as bytes."""
     buffer = io.BytesIO()
     plan = [(name, array.dtype, array.shape) for name, array in tensors.items()]
     with SafetensorsWriter(buffer, plan, metadata) as writer:

@@ -65,7 +65,7 @@ class ShardedReader(TensorSource):
     Every shard's header is validated on construction, and the index must agree with the
     shards exactly: each tensor in the index is in the shard it names, and each tensor in a
     shard is in the index. Tensors are listed shard by shard (shards sorted by name), in
-    data order within a shard.
+    header order within a shard.
     """
 
     def __init__(self, index_path: str | os.PathLike, label: str | None = None) -> None:
