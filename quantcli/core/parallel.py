@@ -56,12 +56,20 @@ def map_chunks(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
 def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A reusable, uninitialised buffer of this thread: no allocation (and no page faults) per
     chunk. Buffers with the same ``name`` share memory: use each name for one purpose."""
-    dtype = np.dtype(dtype)
-    size = math.prod(shape) * dtype.itemsize
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
         buffers = _local.buffers = {}
-    raw = buffers.get(name)
+    key = (shape, dtype)
+    raw, views = buffers.get(name, (None, {}))
+    view = views.get(key)
+    if view is not None:  # the common case: every chunk but the last has the same shape
+        return view
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
     if raw is None or raw.size < size:
-        raw = buffers[name] = np.empty(max(size, 1), np.uint8)
-    return raw[:size].view(dtype).reshape(shape)
+        raw, views = np.empty(max(size, 1), np.uint8), {}  # views of the old buffer are gone
+        buffers[name] = (raw, views)
+    if len(views) >= 64:  # many tensor shapes: keep the cache small
+        views.clear()
+    view = views[key] = raw[:size].view(dtype).reshape(shape)
+    return view

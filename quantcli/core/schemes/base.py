@@ -59,8 +59,7 @@ def safe_scale(
     """
     scale = np.asarray(scale, np.float32).copy()
     np.copyto(scale, np.float32(1), where=span == 0)
-    tiny = np.float32(_smallest_positive(SCALE_NUMPY_DTYPES[spec.scale_dtype]))
-    np.maximum(scale, tiny, out=scale)
+    np.maximum(scale, _SMALLEST_POSITIVE[spec.scale_dtype], out=scale)
     if scale.size == 0 or scale.min() >= FLOAT32_SMALLEST_NORMAL:
         # a normal float32 scale is within 2**-24 of span / levels: never short
         return scale
@@ -75,8 +74,8 @@ def safe_scale(
 
 FLOAT32_SMALLEST_NORMAL = np.finfo(np.float32).tiny
 
-
-def _smallest_positive(dtype: np.dtype) -> float:
-    if dtype == np.float32:
-        return float(np.finfo(np.float32).smallest_subnormal)
-    return float(ml_dtypes.finfo(dtype).smallest_subnormal)
+# the smallest positive value of each scale dtype, as a float32
+_SMALLEST_POSITIVE = {
+    name: np.float32(ml_dtypes.finfo(dtype).smallest_subnormal)
+    for name, dtype in SCALE_NUMPY_DTYPES.items()
+}
