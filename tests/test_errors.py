@@ -553,9 +553,10 @@ def test_sharded_output_is_written_index_last(tmp_path, monkeypatch):
         (["--granularity", "group", "--group-size", "-5"], "--group-size"),
         (["--axis", "2"], "axis 2"),
         (["--axis", "-3"], "axis -3"),
-        (["--calibration", "percentile", "--percentile", "50"], "percentile"),
-        (["--calibration", "percentile", "--percentile", "100.5"], "percentile"),
-        (["--calibration", "percentile", "--percentile", "nan"], "percentile"),
+        (["--calibration", "percentile", "--percentile", "50"], "'--percentile': 50 is"),
+        (["--calibration", "percentile", "--percentile", "100.5"], "--percentile"),
+        (["--calibration", "percentile", "--percentile", "nan"], "--percentile"),
+        (["--percentile", "101"], "--percentile"),  # checked even without percentile
         (["--scheme", "magic"], "--scheme"),
         (["--no-such-option"], "--no-such-option"),
     ],
@@ -563,6 +564,13 @@ def test_sharded_output_is_written_index_last(tmp_path, monkeypatch):
 def test_options_out_of_range(work, args, words):
     line = assert_fails_cleanly(work, ["compress", work / "model.safetensors", *args], 2, words)
     assert "Error: " in line
+
+
+def test_report_percentile_out_of_range_names_the_option(work):
+    line = assert_fails_cleanly(
+        work, ["report", work / "model.safetensors", "--percentile", "42"], 2, "--percentile"
+    )
+    assert "(50, 100]" in line
 
 
 def test_missing_argument_is_a_usage_error(tmp_path):

@@ -20,6 +20,7 @@ from quantcli.cli.options import (
     Output,
     ScaleDtype,
     Scheme,
+    check_percentile,
 )
 from quantcli.errors import UsageError
 
@@ -55,7 +56,9 @@ def compress(
     percentile: Annotated[
         float,
         typer.Option(
-            "--percentile", help="Percentile p in (50, 100] for --calibration percentile."
+            "--percentile",
+            callback=check_percentile,
+            help="Percentile p in (50, 100] for --calibration percentile.",
         ),
     ] = 99.99,
     scale_dtype: Annotated[

@@ -93,3 +93,10 @@ MinElements = Annotated[
         help="Keep tensors with fewer elements unquantized (unless --include names them).",
     ),
 ]
+
+
+def check_percentile(value: float | None) -> float | None:
+    """--percentile: p in (50, 100], said as a usage error that names the option."""
+    if value is not None and not 50 < value <= 100:
+        raise typer.BadParameter(f"{value:g} is not in (50, 100]; use e.g. 99.99 or 99.9")
+    return value

@@ -24,6 +24,7 @@ from quantcli.cli.options import (
     NonFinite,
     ScaleDtype,
     Scheme,
+    check_percentile,
 )
 from quantcli.cli.render import fmt_metric, human_bytes
 from quantcli.errors import UsageError
@@ -108,6 +109,7 @@ def report(
         float | None,
         typer.Option(
             "--percentile",
+            callback=check_percentile,
             help="Percentile p in (50, 100] for every percentile configuration. Default: 99.99.",
             show_default=False,
         ),
