@@ -269,6 +269,23 @@ def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
                 ratio <= 2.0,
             )
             report.memory(f"  compress {size:.0f} MiB {label}", q_rss, 400)
+            restores = []
+            for _ in range(repeat):
+                restored = tmp / "r.st"
+                restores.append(
+                    timed_run([quant, "decompress", str(tmp / "q.st"), "-o", str(restored)])
+                )
+                restored.unlink()
+            r_wall = statistics.median(w for w, _ in restores)
+            report.timed(
+                f"decompress to {size:.0f} MiB {label}",
+                r_wall,
+                r_wall / f_wall,
+                "file floor",
+                "no target",
+                True,
+            )
+            report.memory(f"  decompress {size:.0f} MiB {label}", max(r for _, r in restores), 400)
 
         small = ROOT / "sample_weights" / "transformer.safetensors"
         for args in (["--help"], ["inspect", str(small)]):

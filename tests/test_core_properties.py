@@ -376,6 +376,31 @@ def test_pack_unpack_round_trip(case):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("signed", [False, True])
+def test_unpack_every_byte_value_against_a_bit_by_bit_reading(bits, signed):
+    """Every byte value, as the first byte of a row, in rows of every useful length: unpack
+    (table look-ups for 2 and 4 bits, a bit stream otherwise) equals reading the bits one by
+    one, LSB first, with the sign taken from the top bit of each field when signed."""
+    rng = np.random.default_rng(bits)
+    for n in range(1, 8 // bits * 3 + 3):
+        packed = rng.integers(0, 256, (256, packed_length(n, bits)), dtype=np.uint8)
+        packed[:, 0] = np.arange(256)
+        stream = [(int(b) >> k) & 1 for b in packed.reshape(-1) for k in range(8)]
+        width = packed.shape[1] * 8
+        expected = np.empty((256, n), np.int64)
+        for r in range(256):
+            for i in range(n):
+                field = stream[r * width + i * bits : r * width + (i + 1) * bits]
+                value = sum(bit << k for k, bit in enumerate(field))
+                if signed and field[-1]:
+                    value -= 1 << bits
+                expected[r, i] = value
+        got = unpack(packed, bits, n, signed)
+        assert got.dtype == (np.int8 if signed else np.uint8) and got.shape == (256, n)
+        np.testing.assert_array_equal(got.astype(np.int64), expected)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7])
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 9, 15, 31, 33, 127])
 def test_packed_length_per_row(bits, n):
     codes = np.zeros((3, n), np.uint8)

@@ -14,6 +14,7 @@ Layout, row by row of the last axis (a 0-d array counts as one row of one elemen
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -88,12 +89,10 @@ def unpack(packed: np.ndarray, bits: int, n: int, signed: bool) -> np.ndarray:
         return packed.view(dtype) if packed.dtype != dtype else packed
     lead = packed.shape[:-1] if packed.ndim else ()
     rows = packed.reshape(math.prod(lead), packed.shape[-1] if packed.ndim else 1)
-    out = np.empty((rows.shape[0], n), np.uint8)
-    mask = np.uint8((1 << bits) - 1)
-    if bits == 4:
-        out[:, 0::2] = rows[:, : (n + 1) // 2] & mask
-        out[:, 1::2] = rows[:, : n // 2] >> 4
+    if bits in (2, 4):
+        out = _unpack_whole_bytes(rows, bits, signed)[:, :n]
     else:
+        out = np.empty((rows.shape[0], n), np.uint8)
         step = max(1, CHUNK_ROWS_BYTES // max(1, rows.shape[1] * 8))
         weights = (1 << np.arange(bits, dtype=np.uint8)).astype(np.uint8)
         for start in range(0, rows.shape[0], step):
@@ -101,8 +100,40 @@ def unpack(packed: np.ndarray, bits: int, n: int, signed: bool) -> np.ndarray:
             stream = np.unpackbits(chunk, axis=-1, bitorder="little")[:, : n * bits]
             stream = stream.reshape(chunk.shape[0], n, bits)
             out[start : start + step] = (stream * weights).sum(axis=-1, dtype=np.uint8)
-    if signed:
-        # sign-extend the low `bits` bits: values >= 2**(bits-1) are negative
-        sign = np.uint8(1 << (bits - 1))
-        out = ((out ^ sign).astype(np.int16) - int(sign)).astype(np.int8)
-    return out.reshape(lead + (n,)).astype(dtype, copy=False)
+        if signed:
+            # sign-extend the low `bits` bits: (v ^ sign) - sign maps sign.. to -sign..-1
+            sign = np.uint8(1 << (bits - 1))
+            np.bitwise_xor(out, sign, out=out)
+            out = out.view(np.int8)
+            np.subtract(out, np.int8(sign), out=out)
+    return out.reshape(lead + (n,)).view(dtype)
+
+
+def _unpack_whole_bytes(rows: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """Unpack 2- or 4-bit codes, which never straddle a byte: one table look-up per byte gives
+    all its codes at once (as one uint32 or uint16 holding their bytes in element order).
+    Returns uint8 (rows, n_bytes * 8 // bits), the padding codes of each row included."""
+    table = _byte_table(bits, signed)
+    wide = np.empty(rows.shape, table.dtype)
+    step = max(1, CHUNK_ROWS_BYTES // max(1, rows.shape[1] * 8))  # bounds the intp indices
+    for start in range(0, rows.shape[0], step):
+        np.take(table, rows[start : start + step], out=wide[start : start + step])
+    # the column count is explicit: reshape(0, -1) is ambiguous
+    return wide.view(np.uint8).reshape(rows.shape[0], rows.shape[1] * table.itemsize)
+
+
+@functools.cache
+def _byte_table(bits: int, signed: bool) -> np.ndarray:
+    """(256,) uint16 (4 bits) or uint32 (2 bits): for each byte value, the bytes of its codes,
+    element 0 first in memory, sign-extended when ``signed``."""
+    per_byte = 8 // bits
+    byte = np.arange(256)
+    sign, mask = 1 << (bits - 1), (1 << bits) - 1
+    codes = []
+    for i in range(per_byte):
+        field = (byte >> (bits * i)) & mask
+        if signed:
+            field = field - ((field & sign) << 1)  # two's complement of the low `bits` bits
+        codes.append(field.astype(np.int16).astype(np.uint8))  # the int8 byte when signed
+    table = np.ascontiguousarray(np.stack(codes, axis=1))  # (256, per_byte) uint8
+    return table.view(np.uint16 if per_byte == 2 else np.uint32).reshape(256)

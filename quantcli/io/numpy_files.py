@@ -366,3 +366,4 @@ def write_npz(
             # force_zip64: the size is not known before streaming; members over 2 GiB need it.
             with zf.open(member, mode="w", force_zip64=True) as stream:
                 np.lib.format.write_array(stream, array, allow_pickle=False)
+            del array  # before the next tensor is made: one array in memory at a time

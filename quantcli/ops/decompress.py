@@ -168,6 +168,7 @@ def _write(f, fmt, logical, restorer, meta, result, progress) -> list[tuple[str,
             result.tensors.append(RestoredTensor(info.name, info.shape, info.dtype, restored))
             written.append((info.name, int(array.nbytes)))
             yield info.name, array
+            del array  # before the next tensor is restored: memory follows one tensor
             if progress:
                 progress(info.name, info.size, restorer.total)
 
@@ -180,6 +181,7 @@ def _write(f, fmt, logical, restorer, meta, result, progress) -> list[tuple[str,
         writer = SafetensorsWriter(f, [(i.name, i.dtype, i.shape) for i in logical], meta)
         for name, array in arrays():
             writer.write(name, array)
+            del array
         writer.close()
     return written
 
