@@ -286,3 +286,28 @@ def test_group_ranges_equal_float_min_max(group_size):
     amax = np.maximum.reduceat(np.abs(x), edges, axis=1)
     ab = quantize(x, QuantSpec("absmax", 8, "group", group_size=group_size))
     np.testing.assert_array_equal(ab.clip_hi, amax)
+
+
+@pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+def test_clipped_values_end_at_the_range_when_the_scale_is_raised(scheme, granularity):
+    """Weights of ~1e-6 with float16 scales: (hi - lo) / levels is below float16's smallest
+    value, so the scale is raised to it and the range ends far inside [qmin, qmax]. A value
+    that percentile calibration clipped must come back at the range's end, not at
+    qmax * scale."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((4, 4000)) * 1e-7).astype(np.float32)
+    x[:, 7] = 5e-6  # one outlier per row, above the 99th percentile
+    spec = QuantSpec(scheme, 8, granularity, group_size=4000, calibration="percentile",
+                     percentile=99.0, scale_dtype="float16", axis=0)  # fmt: skip
+    qt = quantize(x, spec)
+    step = float(qt.scale.astype(np.float32).max())
+    assert step == float(np.float16(2**-24))  # raised to float16's smallest subnormal
+    x_hat = qt.dequantize()
+    hi = float(qt.clip_hi.max())
+    assert hi < 2e-6 and (x_hat[:, 7] <= hi + step / 2 + 1e-12).all()
+    assert (x_hat[:, 7] >= hi - step / 2 - 1e-12).all()
+    # the example Hypothesis found: subnormal weights, 6 bits, float32 scales
+    x = np.array([6.6640234e-38, 1.1210388e-44, 1.1210388e-44, 1.1210388e-44], np.float32)
+    qt = quantize(x, QuantSpec("absmax", 6, "tensor", calibration="percentile", percentile=60))
+    assert qt.dequantize()[0] <= float(qt.clip_hi[0]) + float(qt.scale[0]) / 2

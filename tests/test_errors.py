@@ -647,6 +647,12 @@ def spec_without_bits(t, m):
     m["quant.tensors"] = json.dumps(specs)
 
 
+def integer_original_dtype(t, m):
+    specs = json.loads(m["quant.tensors"])
+    specs["a.weight"]["dtype"] = "I8"  # a quantized tensor is always a float one
+    m["quant.tensors"] = json.dumps(specs)
+
+
 def nan_scale(t, m):
     t["a.weight.scale"][0] = np.nan
 
@@ -660,6 +666,7 @@ QUANTIZED_FAULTS = {
     "quant.tensors not JSON": ("absmax", tensors_not_json, "quant.tensors"),
     "axis out of range": ("absmax", axis_out_of_range, "axis 7"),
     "bits not a number": ("absmax", spec_without_bits, "bits"),
+    "original dtype not float": ("absmax", integer_original_dtype, "not a float dtype"),
 }
 
 

@@ -133,9 +133,11 @@ def quantize(
         out = scratch("codes", part.shape, scheme.code_dtype) if pack_chunks else codes[index]
         scale, zp = tiles.expand(p.scale, part), _expand_optional(tiles, p.zero_point, part)
         scheme.encode(part, scale, zp, spec, out=out)
-        if spec.calibration == "percentile" and p.empty.any():
-            # the range is the point 0: every value of the group is clipped to exactly 0
-            np.copyto(out, 0, where=tiles.expand(p.empty, part))
+        if spec.calibration == "percentile":
+            if p.empty.any():
+                # the range is the point 0: every value of the group is clipped to exactly 0
+                np.copyto(out, 0, where=tiles.expand(p.empty, part))
+            _clip_to_range_codes(tiles, spec, part, out, p)
         if pack_chunks:
             pack(out, spec.bits, out=codes[index])
         if not measure:
@@ -259,6 +261,28 @@ def _float32(part: np.ndarray) -> np.ndarray:
 
 def _expand_optional(tiles, param, part):
     return None if param is None else tiles.expand(param, part)
+
+
+def _clip_to_range_codes(tiles, spec: QuantSpec, x, codes, p) -> None:
+    """Clip ``codes`` of chunk ``x`` to the codes of their group's range ends, in the groups
+    whose scale had to be raised above (hi - lo) / levels: to the scale dtype's smallest
+    positive value, or by steps in the subnormal range (``safe_scale``). There the range ends
+    well inside [qmin, qmax], and a value that calibration clipped would otherwise come back
+    far beyond the range. Elsewhere the range ends at qmin and qmax: nothing changes."""
+    qmin, qmax = spec.code_range
+    span = p.hi.astype(np.float64) - p.lo.astype(np.float64)
+    raised = p.scale.astype(np.float64) * (qmax - qmin) > span * (1 + 2.0**-20)
+    raised &= span > 0  # an empty range is handled apart (every code is 0)
+    if not raised.any():
+        return
+    zp = 0 if p.zero_point is None else p.zero_point.astype(np.int32)
+    with np.errstate(over="ignore"):  # huge ratios clip to qmin / qmax just below
+        lo = np.clip(np.rint(p.lo / p.scale) + zp, qmin, qmax)
+        hi = np.clip(np.rint(p.hi / p.scale) + zp, qmin, qmax)
+    lo = np.where(raised, lo, qmin).astype(np.int16)
+    hi = np.where(raised, hi, qmax).astype(np.int16)
+    wide = np.clip(codes, tiles.expand(lo, x), tiles.expand(hi, x), dtype=np.int16)
+    np.copyto(codes, wide, casting="unsafe")
 
 
 def _measure(tiles, scheme, spec: QuantSpec, x, codes, p, name: str) -> ErrorStats:

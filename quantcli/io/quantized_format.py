@@ -31,7 +31,7 @@ from quantcli.core.packing import pack, packed_length, unpack
 from quantcli.core.schemes import SCALE_NUMPY_DTYPES
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import QuantError, QuantizedFormatError
-from quantcli.io.dtypes import numpy_dtype, safetensors_dtype
+from quantcli.io.dtypes import is_float, numpy_dtype, safetensors_dtype
 
 if TYPE_CHECKING:
     from quantcli.core.quantizer import QuantizedTensor
@@ -140,7 +140,10 @@ def read_entries(metadata: dict[str, str], label: str) -> dict[str, QuantizedEnt
             shape = tuple(int(n) for n in item["shape"])
             if any(n < 0 for n in shape):
                 raise ValueError(f"negative dimension in {_shown(name)}")
-            entries[name] = QuantizedEntry(name, spec, shape, numpy_dtype(item["dtype"]))
+            dtype = numpy_dtype(item["dtype"])
+            if not is_float(dtype):  # only float tensors are ever quantized
+                raise ValueError(f"dtype {item['dtype']} of {_shown(name)} is not a float dtype")
+            entries[name] = QuantizedEntry(name, spec, shape, dtype)
     except QuantError as exc:
         raise QuantizedFormatError(
             f"bad quant.tensors metadata in {label}: {exc}; the file is damaged, "
@@ -225,7 +228,7 @@ def _fit_range(x_hat: np.ndarray, target: np.dtype, step: float, name: str, labe
     quantization step (rounding at the top of the range); refuse to restore it to inf when it
     passes it by more (the scales do not fit the dtype)."""
     limit = float(ml_dtypes.finfo(target).max)
-    biggest = float(np.max(np.abs(x_hat)))
+    biggest = max(float(x_hat.max()), -float(x_hat.min()))  # no |x| temporary of x's size
     if biggest <= limit:
         return
     if biggest > limit + step:
