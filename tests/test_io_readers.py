@@ -10,6 +10,7 @@ import io
 import json
 import os
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -461,6 +462,16 @@ def test_bad_npy_headers(header):
     data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0" * 4
     with pytest.raises(FormatError, match="bad header in x.npy"):
         NpyReader(data, label="x.npy")
+
+
+def test_a_bad_escape_in_an_npy_header_is_an_error_not_a_warning():
+    header = b"{'descr': '<f4\\s', 'fortran_order': False, 'shape': (1,), }"
+    data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0" * 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FormatError, match="bad header in x.npy"):
+            NpyReader(data, label="x.npy")
+    assert not caught, [str(w.message) for w in caught]
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import io
 import math
 import os
 import struct
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -88,7 +89,12 @@ def read_npy_header(stream: BinaryIO, label: str) -> NpyHeader:
         )
     raw = _read_exact(stream, header_len, label, "the header")
     try:
-        fields = ast.literal_eval(raw.decode(encoding))
+        with warnings.catch_warnings():
+            # a damaged header can hold "\s" and the like: Python warns about the escape
+            # while parsing; the header is judged below, not warned about
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", SyntaxWarning)
+            fields = ast.literal_eval(raw.decode(encoding))
     except Exception as exc:  # SyntaxError, ValueError, MemoryError, RecursionError, ...
         raise FormatError(
             f"bad header in {label}: the .npy header is not a Python dict literal ({exc}); "
