@@ -27,6 +27,7 @@ from quantcli.core.metrics import ErrorStats
 from quantcli.core.packing import pack, packed_length, unpack
 from quantcli.core.parallel import CHUNK_ELEMENTS, map_chunks, scratch
 from quantcli.core.schemes import SCALE_NUMPY_DTYPES, SCHEMES
+from quantcli.core.schemes.base import SCALE_LARGEST
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import InputError, NonFiniteError, SpecError
 
@@ -339,9 +340,6 @@ def _nonfinite_error(x: np.ndarray, name: str) -> NonFiniteError:
     )
 
 
-_LARGEST = {name: float(ml_dtypes.finfo(dt).max) for name, dt in SCALE_NUMPY_DTYPES.items()}
-
-
 def _store_scale(scale: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
     """float32 ``scale`` in the spec's scale dtype, checked finite: nothing that could restore
     to inf or NaN is ever written."""
@@ -350,7 +348,7 @@ def _store_scale(scale: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
         stored = scale if dtype == np.float32 else scale.astype(dtype)
     biggest = float(scale.max()) if scale.size else 0.0
     # only a scale beyond the dtype's largest value can round to inf: check those alone
-    suspect = not math.isfinite(biggest) or biggest > _LARGEST[spec.scale_dtype]
+    suspect = not math.isfinite(biggest) or biggest > SCALE_LARGEST[spec.scale_dtype]
     if suspect and not np.isfinite(stored.astype(np.float32)).all():
         raise SpecError(
             f"scale {biggest:.4g} overflows {spec.scale_dtype} in tensor {name}: "

@@ -14,6 +14,12 @@ SCALE_NUMPY_DTYPES = {
     "float16": np.dtype(np.float16),
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
 }
+# the smallest positive and the largest value of each scale dtype
+SCALE_SMALLEST = {
+    name: np.float32(ml_dtypes.finfo(dtype).smallest_subnormal)
+    for name, dtype in SCALE_NUMPY_DTYPES.items()
+}
+SCALE_LARGEST = {name: float(ml_dtypes.finfo(dt).max) for name, dt in SCALE_NUMPY_DTYPES.items()}
 
 
 class GroupParams(Protocol):
@@ -59,7 +65,7 @@ def safe_scale(
     """
     scale = np.asarray(scale, np.float32).copy()
     np.copyto(scale, np.float32(1), where=span == 0)
-    np.maximum(scale, _SMALLEST_POSITIVE[spec.scale_dtype], out=scale)
+    np.maximum(scale, SCALE_SMALLEST[spec.scale_dtype], out=scale)
     if scale.size == 0 or scale.min() >= FLOAT32_SMALLEST_NORMAL:
         # a normal float32 scale is within 2**-24 of span / levels: never short
         return scale
@@ -73,9 +79,3 @@ def safe_scale(
 
 
 FLOAT32_SMALLEST_NORMAL = np.finfo(np.float32).tiny
-
-# the smallest positive value of each scale dtype, as a float32
-_SMALLEST_POSITIVE = {
-    name: np.float32(ml_dtypes.finfo(dtype).smallest_subnormal)
-    for name, dtype in SCALE_NUMPY_DTYPES.items()
-}
