@@ -21,6 +21,15 @@ SPECS = [
     QuantSpec("absmax", 4, "group", group_size=7),
     QuantSpec("zeropoint", 2, "group", group_size=16, scale_dtype="float16"),
     QuantSpec("zeropoint", 5, "group", group_size=5, calibration="percentile", percentile=90),
+    QuantSpec("fullrange", 4, "channel", axis=1),
+    QuantSpec("fullrange-ct", 3, "group", group_size=6, calibration="percentile", percentile=95),
+    QuantSpec("fp8", granularity="tensor"),
+    QuantSpec("fp8-e5m2", granularity="channel", axis=2),
+    QuantSpec("nf4", group_size=7, calibration="percentile", percentile=90),
+    QuantSpec("nf4", granularity="tensor"),
+    QuantSpec("mxfp4"),
+    QuantSpec("mxfp4-ct", calibration="percentile", percentile=99),
+    QuantSpec("nvfp4"),
 ]
 
 

@@ -30,9 +30,26 @@ def compress(
     input: Input,
     output: Output = None,
     scheme: Annotated[
-        Scheme, typer.Option("--scheme", case_sensitive=False, help="Quantization scheme.")
+        Scheme,
+        typer.Option(
+            "--scheme",
+            case_sensitive=False,
+            help="Number format: absmax, zeropoint, fullrange (Q4_0's rule), fullrange-ct "
+            "(compressed-tensors' observer), fp8 (E4M3), fp8-e5m2, nf4, mxfp4 (OCP rule), "
+            "mxfp4-ct (rounded-up exponent), nvfp4. See 'quant formats'.",
+        ),
     ] = Scheme.absmax,
-    bits: Annotated[int, typer.Option("--bits", min=2, max=8, help="Bits per weight, 2 to 8.")] = 8,
+    bits: Annotated[
+        int | None,
+        typer.Option(
+            "--bits",
+            min=2,
+            max=8,
+            help="Bits per weight, 2 to 8. Default: the scheme's (8 for the integer schemes; "
+            "fp8, nf4, mxfp4 and nvfp4 have fixed widths).",
+            show_default=False,
+        ),
+    ] = None,
     granularity: Annotated[
         Granularity,
         typer.Option(
@@ -40,15 +57,24 @@ def compress(
             case_sensitive=False,
             help="One scale per tensor, per channel (along --axis) or per group of --group-size "
             "elements along the last axis. 0-d and 1-D tensors use one scale per tensor "
-            "when channel is asked for.",
+            "when channel is asked for. Default: the scheme's (channel; group for nf4, "
+            "mxfp4 and nvfp4).",
+            show_default=False,
         ),
-    ] = Granularity.channel,
+    ] = None,
     axis: Annotated[
         int, typer.Option("--axis", help="Channel axis for --granularity channel.")
     ] = 0,
     group_size: Annotated[
-        int, typer.Option("--group-size", min=1, help="Group size for --granularity group.")
-    ] = 128,
+        int | None,
+        typer.Option(
+            "--group-size",
+            min=1,
+            help="Group size for --granularity group. Default: the scheme's (128; nf4 64, "
+            "mxfp4 32, nvfp4 16).",
+            show_default=False,
+        ),
+    ] = None,
     calibration: Annotated[
         Calibration,
         typer.Option("--calibration", case_sensitive=False, help="How the range is chosen."),
@@ -62,9 +88,15 @@ def compress(
         ),
     ] = 99.99,
     scale_dtype: Annotated[
-        ScaleDtype,
-        typer.Option("--scale-dtype", case_sensitive=False, help="Dtype of stored scales."),
-    ] = ScaleDtype.float32,
+        ScaleDtype | None,
+        typer.Option(
+            "--scale-dtype",
+            case_sensitive=False,
+            help="How scales are stored. Default: the scheme's (float32; e8m0 for mxfp4, "
+            "e4m3 under a float32 tensor scale for nvfp4).",
+            show_default=False,
+        ),
+    ] = None,
     include: Include = None,
     exclude: Exclude = None,
     min_elements: MinElements = 1024,
@@ -105,12 +137,12 @@ def compress(
     spec = QuantSpec(
         scheme=scheme.value,
         bits=bits,
-        granularity=granularity.value,
+        granularity=granularity and granularity.value,
         axis=axis,
         group_size=group_size,
         calibration=calibration.value,
         percentile=percentile,
-        scale_dtype=scale_dtype.value,
+        scale_dtype=scale_dtype and scale_dtype.value,
     )
     selector = Selector(spec, tuple(include or ()), tuple(exclude or ()), min_elements)
     with progress_bar("quantizing", enabled=not quiet) as advance:

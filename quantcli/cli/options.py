@@ -9,8 +9,18 @@ import typer
 
 
 class Scheme(str, Enum):
+    """The schemes of quantcli/core/schemes (a test keeps the two lists equal), and aliases."""
+
     absmax = "absmax"
     zeropoint = "zeropoint"
+    fullrange = "fullrange"
+    fullrange_ct = "fullrange-ct"
+    fp8 = "fp8"
+    fp8_e5m2 = "fp8-e5m2"
+    nf4 = "nf4"
+    mxfp4 = "mxfp4"
+    mxfp4_ct = "mxfp4-ct"
+    nvfp4 = "nvfp4"
     symmetric = "symmetric"
     asymmetric = "asymmetric"
 
@@ -42,6 +52,8 @@ class ScaleDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
     bfloat16 = "bfloat16"
+    e8m0 = "e8m0"
+    e4m3 = "e4m3"
 
 
 Input = Annotated[

@@ -22,7 +22,7 @@ def chunk_range(tiles: Tiling, part: np.ndarray, spec: QuantSpec):
         zeros = np.zeros(_param_shape_of(tiles, part), np.float32)
         return zeros, zeros.copy()
     if spec.calibration == "minmax":
-        return _minmax(tiles, part, spec.signed)
+        return _minmax(tiles, part, spec.format.symmetric_range)
     if tiles.granularity == "channel":
         return _percentile_range(part, (0, 2), spec)
     lo = np.empty(_param_shape_of(tiles, part), np.float32)
@@ -44,7 +44,9 @@ def tensor_range(tiles: Tiling, view: np.ndarray, spec: QuantSpec):
     def part_range(index):
         part = view[index]
         return _minmax(
-            tiles, part if part.dtype == np.float32 else part.astype(np.float32), spec.signed
+            tiles,
+            part if part.dtype == np.float32 else part.astype(np.float32),
+            spec.format.symmetric_range,
         )
 
     ranges = map_chunks(part_range, tiles.chunks)
@@ -54,13 +56,13 @@ def tensor_range(tiles: Tiling, view: np.ndarray, spec: QuantSpec):
     return lo, hi
 
 
-def _minmax(tiles: Tiling, part: np.ndarray, signed: bool):
+def _minmax(tiles: Tiling, part: np.ndarray, symmetric: bool):
     if tiles.granularity == "group":
-        return _group_minmax(tiles, part, signed)
+        return _group_minmax(tiles, part, symmetric)
     return tiles.reduce(np.minimum, part), tiles.reduce(np.maximum, part)
 
 
-def _group_minmax(tiles: Tiling, part: np.ndarray, signed: bool):
+def _group_minmax(tiles: Tiling, part: np.ndarray, symmetric: bool):
     """Group ranges from the float32 bits read as integers: NumPy's integer reduceat is 2-3x
     faster than its float one (which checks every step for NaN), the slow part of short groups.
 
@@ -72,7 +74,7 @@ def _group_minmax(tiles: Tiling, part: np.ndarray, signed: bool):
     NaN comes out of these reductions and is reported.
     """
     bits = part.view(np.int32)
-    if signed:  # |x| is the sign bit cleared; one reduction gives amax
+    if symmetric:  # |x| is the sign bit cleared; one reduction gives amax
         absolute = np.bitwise_and(bits, 0x7FFFFFFF, out=scratch("calibrate", part.shape, np.int32))
         amax = tiles.reduce(np.maximum, absolute).view(np.float32)
         return -amax, amax
@@ -92,7 +94,7 @@ def _percentile_range(x: np.ndarray, axis, spec: QuantSpec):
                 break
             data = x.astype(np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
-            if spec.signed:
+            if spec.format.symmetric_range:
                 amax = abs_percentile(data, p, axis=axis, keepdims=keep)
                 lo, hi = -amax, amax
             else:

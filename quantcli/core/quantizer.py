@@ -26,8 +26,7 @@ from quantcli.core.layout import param_shape, tiling
 from quantcli.core.metrics import ErrorStats
 from quantcli.core.packing import pack, packed_length, unpack
 from quantcli.core.parallel import CHUNK_ELEMENTS, map_chunks, scratch
-from quantcli.core.schemes import SCALE_NUMPY_DTYPES, SCHEMES
-from quantcli.core.schemes.base import SCALE_LARGEST
+from quantcli.core.scales import SCALE_KINDS
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import InputError, NonFiniteError, SpecError
 
@@ -52,10 +51,12 @@ def is_float_dtype(dtype) -> bool:
 class QuantizedTensor:
     """A quantized array.
 
-    codes: int8 (absmax) or uint8 (zeropoint) of ``shape``; when ``packed``, the uint8 of
+    codes: the scheme's code dtype (int8 for absmax and fullrange, uint8 for zeropoint and the
+    4-bit codebooks, float8 for fp8) of ``shape``; when ``packed``, the uint8 of
     ``packing.pack`` (shape ``shape[:-1] + (packed_length,)``) for bits < 8.
-    scale: ``spec.scale_dtype``, ``param_shape(shape, spec)``.
-    zero_point: uint8 of the scale's shape, or None for absmax.
+    scale: stored as ``spec.scale_dtype`` says (``scales.py``), ``param_shape(shape, spec)``.
+    zero_point: uint8 of the scale's shape, or None for schemes without one.
+    tensor_scale: float32 (1,) for schemes with a scale per tensor (nvfp4), else None.
     clip_lo / clip_hi: float32 calibrated range of every group (scale's shape); values outside
     it were clipped. Used for metrics, never stored.
     stats: error statistics of the reconstruction, when ``quantize(..., measure=True)``.
@@ -71,6 +72,7 @@ class QuantizedTensor:
     clip_hi: np.ndarray | None = field(default=None, repr=False)
     stats: ErrorStats | None = field(default=None, repr=False)
     packed: bool = False
+    tensor_scale: np.ndarray | None = None
 
     def unpacked_codes(self) -> np.ndarray:
         """The codes, one int8/uint8 per element, of ``shape``."""
@@ -81,7 +83,10 @@ class QuantizedTensor:
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         codes = self.unpacked_codes()
-        return dequantize(codes, self.scale, self.zero_point, self.spec, dtype=dtype)
+        return dequantize(
+            codes, self.scale, self.zero_point, self.spec, dtype=dtype,
+            tensor_scale=self.tensor_scale,
+        )  # fmt: skip
 
 
 def quantize(
@@ -110,9 +115,10 @@ def quantize(
     if x.dtype == np.float64:
         _check_float32_range(x, name)
     spec = spec.for_tensor(x.shape, name)
-    scheme = SCHEMES[spec.scheme]
+    scheme = spec.format
     tiles = tiling(x.shape, spec, CHUNK_ELEMENTS)
     xv = x.reshape(tiles.view_shape)
+    tensor_scale = _tensor_scale(x, spec, name) if scheme.tensor_scale else None
     packed = packed and spec.bits < 8
     # group chunks are whole rows of the last axis, so they can be packed one by one
     pack_chunks = packed and tiles.granularity == "group"
@@ -127,23 +133,25 @@ def quantize(
         """Parameters from the range [lo, hi] of ``part``, once it is known to be finite."""
         if not _is_finite(lo, hi, part, spec):
             raise _nonfinite_error(xv, name)
-        return scheme.params(lo, hi, spec)
+        return scheme.params(lo, hi, spec, tensor_scale)
 
     def chunk(index, part, p) -> ErrorStats | None:
         """Encode (and measure) chunk ``part`` (float32) with parameters ``p`` of its groups."""
         out = scratch("codes", part.shape, scheme.code_dtype) if pack_chunks else codes[index]
-        scale, zp = tiles.expand(p.scale, part), _expand_optional(tiles, p.zero_point, part)
+        scale = tiles.expand(scheme.effective_scale(p.scale, tensor_scale), part)
+        zp = _expand_optional(tiles, p.zero_point, part)
         scheme.encode(part, scale, zp, spec, out=out)
         if spec.calibration == "percentile":
             if p.empty.any():
                 # the range is the point 0: every value of the group is clipped to exactly 0
-                np.copyto(out, 0, where=tiles.expand(p.empty, part))
-            _clip_to_range_codes(tiles, spec, part, out, p)
+                np.copyto(out, scheme.zero_code, where=tiles.expand(p.empty, part))
+            if scheme.integer:
+                _clip_to_range_codes(tiles, spec, part, out, p)
         if pack_chunks:
             pack(out, spec.bits, out=codes[index])
         if not measure:
             return None
-        return _measure(tiles, scheme, spec, part, out, p, name)
+        return _measure(tiles, scheme, spec, part, out, p, tensor_scale, name)
 
     if tiles.independent:
         # every group lies inside one chunk: calibrate, encode and measure it in cache
@@ -182,20 +190,26 @@ def quantize(
         clip_hi=params.hi.reshape(pshape),
         stats=stats if measure else None,
         packed=packed,
+        tensor_scale=tensor_scale,
     )
 
 
-def dequantize(codes, scale, zero_point, spec: QuantSpec, dtype=np.float32) -> np.ndarray:
-    """Restore floats: ``(codes - zero_point) * scale`` per group, in float32, cast to ``dtype``.
+def dequantize(
+    codes, scale, zero_point, spec: QuantSpec, dtype=np.float32, tensor_scale=None
+) -> np.ndarray:
+    """Restore floats per group (``(codes - zero_point) * scale`` for the integer schemes), in
+    float32, cast to ``dtype``.
 
-    codes: unpacked int8/uint8 of the tensor's shape; scale/zero_point as ``quantize`` gives.
+    codes: unpacked codes of the tensor's shape; scale (stored dtype), zero_point and
+    tensor_scale as ``quantize`` gives.
     """
     codes = np.asarray(codes)
     spec = spec.for_tensor(codes.shape)
-    scheme = SCHEMES[spec.scheme]
+    scheme = spec.format
     tiles = tiling(codes.shape, spec, CHUNK_ELEMENTS)
     cv = codes.reshape(tiles.view_shape)
-    scale32 = np.asarray(scale, np.float32).reshape(tiles.param_view_shape)
+    scale32 = SCALE_KINDS[spec.scale_dtype].load(scale)
+    scale32 = scheme.effective_scale(scale32, tensor_scale).reshape(tiles.param_view_shape)
     zpv = None if zero_point is None else np.asarray(zero_point).reshape(tiles.param_view_shape)
     out = np.empty(tiles.view_shape, np.float32)
     saturate = _may_overflow(scale32, spec)
@@ -256,6 +270,18 @@ class _ParamArrays:
             self.zero_point[...] = p.zero_point
 
 
+def _tensor_scale(x: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
+    """float32 (1,): the tensor-level scale of a scheme that has one (nvfp4), from the
+    tensor's largest magnitude, found chunk by chunk before the groups are calibrated."""
+    whole = QuantSpec(scheme="absmax", granularity="tensor")  # amax over the whole tensor
+    tiles = tiling(x.shape, whole, CHUNK_ELEMENTS)
+    lo, hi = tensor_range(tiles, x.reshape(tiles.view_shape), whole)
+    amax = max(float(hi[0]), -float(lo[0]))
+    if not math.isfinite(amax):
+        raise _nonfinite_error(x, name)
+    return spec.format.tensor_scale_of(amax)
+
+
 def _float32(part: np.ndarray) -> np.ndarray:
     return part if part.dtype == np.float32 else part.astype(np.float32)
 
@@ -286,10 +312,11 @@ def _clip_to_range_codes(tiles, spec: QuantSpec, x, codes, p) -> None:
     np.copyto(codes, wide, casting="unsafe")
 
 
-def _measure(tiles, scheme, spec: QuantSpec, x, codes, p, name: str) -> ErrorStats:
+def _measure(tiles, scheme, spec: QuantSpec, x, codes, p, tensor_scale, name) -> ErrorStats:
     """Error statistics of chunk ``x`` against its reconstruction from the *stored* scales
     (rounded to the scale dtype), i.e. exactly what decompress will give back."""
-    stored = _store_scale(p.scale, spec, name).astype(np.float32)
+    kind = SCALE_KINDS[spec.scale_dtype]
+    stored = scheme.effective_scale(kind.load(_store_scale(p.scale, spec, name)), tensor_scale)
     x_hat = scratch("measure", x.shape, np.float32)
     zp = _expand_optional(tiles, p.zero_point, x)
     with np.errstate(over="ignore"):
@@ -306,8 +333,8 @@ def _may_overflow(scale32: np.ndarray, spec: QuantSpec) -> bool:
     """True when a reconstruction can exceed float32's range: weights near float32's max
     reconstruct a little beyond it (the zero point or a float16/bfloat16 scale rounds up by up
     to half a step); those values saturate at float32's max instead of overflowing to inf."""
-    levels = max(-spec.code_range[0], spec.code_range[1])
-    return scale32.size > 0 and float(scale32.max()) * levels > F32_MAX
+    levels = float(np.abs(spec.format.levels(spec)).max())
+    return scale32.size > 0 and float(np.abs(scale32).max()) * levels > F32_MAX
 
 
 def _is_finite(lo: np.ndarray, hi: np.ndarray, part: np.ndarray, spec: QuantSpec) -> bool:
@@ -343,13 +370,12 @@ def _nonfinite_error(x: np.ndarray, name: str) -> NonFiniteError:
 def _store_scale(scale: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
     """float32 ``scale`` in the spec's scale dtype, checked finite: nothing that could restore
     to inf or NaN is ever written."""
-    dtype = SCALE_NUMPY_DTYPES[spec.scale_dtype]
-    with np.errstate(over="ignore"):  # an overflow is reported just below, as a SpecError
-        stored = scale if dtype == np.float32 else scale.astype(dtype)
-    biggest = float(scale.max()) if scale.size else 0.0
+    kind = SCALE_KINDS[spec.scale_dtype]
+    stored = kind.store(scale)
+    biggest = float(np.abs(scale).max()) if scale.size else 0.0
     # only a scale beyond the dtype's largest value can round to inf: check those alone
-    suspect = not math.isfinite(biggest) or biggest > SCALE_LARGEST[spec.scale_dtype]
-    if suspect and not np.isfinite(stored.astype(np.float32)).all():
+    suspect = not math.isfinite(biggest) or biggest > kind.largest
+    if suspect and not np.isfinite(kind.load(stored)).all():
         raise SpecError(
             f"scale {biggest:.4g} overflows {spec.scale_dtype} in tensor {name}: "
             "the weights are too large for that scale dtype; use --scale-dtype float32"

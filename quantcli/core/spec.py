@@ -5,17 +5,21 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from quantcli.core.scales import SCALE_ALIASES, SCALE_KINDS, SHORT_NAMES
+from quantcli.core.schemes import SCHEMES, Scheme
 from quantcli.errors import SpecError
 
 SCHEME_ALIASES = {
-    "absmax": "absmax",
+    **{name: name for name in SCHEMES},
     "symmetric": "absmax",
-    "zeropoint": "zeropoint",
     "asymmetric": "zeropoint",
+    "fp8-e4m3": "fp8",
+    "e4m3": "fp8",
+    "e5m2": "fp8-e5m2",
 }
 GRANULARITIES = ("tensor", "channel", "group")
 CALIBRATIONS = ("minmax", "percentile")
-SCALE_DTYPES = ("float32", "float16", "bfloat16")
+SCALE_DTYPES = tuple(SCALE_KINDS)
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -23,40 +27,68 @@ MIN_BITS, MAX_BITS = 2, 8
 class QuantSpec:
     """How to quantize one tensor.
 
-    scheme: ``absmax`` (symmetric, signed codes) or ``zeropoint`` (asymmetric, unsigned codes).
+    scheme: the number format (``schemes/``): ``absmax`` (symmetric, signed codes),
+    ``zeropoint`` (asymmetric, unsigned codes), ``fullrange``, ``fp8``, ``nf4``, ``mxfp4``,
+    ``nvfp4`` and their variants.
     granularity: ``tensor`` (one scale), ``channel`` (one scale per index along ``axis``) or
     ``group`` (one scale per ``group_size`` consecutive elements of the last axis).
     calibration: ``minmax`` or ``percentile`` (clip the range to the ``percentile``-th value).
-    scale_dtype: the dtype scales are stored in; part of the bits per weight.
+    scale_dtype: how scales are stored (``scales.py``); part of the bits per weight.
+
+    ``bits``, ``granularity``, ``group_size`` and ``scale_dtype`` left as None take the
+    scheme's defaults (8 bits, per channel, groups of 128, float32 scales for the integer
+    schemes; 4 bits, groups of 32 and E8M0 scales for mxfp4, and so on).
     """
 
     scheme: str = "absmax"
-    bits: int = 8
-    granularity: str = "channel"
+    bits: int | None = None
+    granularity: str | None = None
     axis: int = 0
-    group_size: int = 128
+    group_size: int | None = None
     calibration: str = "minmax"
     percentile: float = 99.99
-    scale_dtype: str = "float32"
+    scale_dtype: str | None = None
 
     def __post_init__(self) -> None:
         scheme = SCHEME_ALIASES.get(str(self.scheme).lower())
         if scheme is None:
             raise SpecError(
                 f"unknown scheme {self.scheme!r} in quantization spec: "
-                f"choose one of {', '.join(SCHEME_ALIASES)}"
+                f"choose one of {', '.join(SCHEMES)}"
             )
         object.__setattr__(self, "scheme", scheme)
+        info = SCHEMES[scheme]
+        if self.bits is None:
+            object.__setattr__(self, "bits", info.default_bits)
+        if self.granularity is None:
+            object.__setattr__(self, "granularity", info.default_granularity)
+        if self.group_size is None:
+            object.__setattr__(self, "group_size", info.default_group_size)
+        if self.scale_dtype is None:
+            object.__setattr__(self, "scale_dtype", info.default_scale_dtype)
+        scale_dtype = SCALE_ALIASES.get(str(self.scale_dtype).lower(), self.scale_dtype)
+        object.__setattr__(self, "scale_dtype", scale_dtype)
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
             raise SpecError(f"bits {self.bits!r} in quantization spec: not an integer; use 2 to 8")
         if not MIN_BITS <= self.bits <= MAX_BITS:
             raise SpecError(
                 f"bits {self.bits} in quantization spec: out of range; use {MIN_BITS} to {MAX_BITS}"
             )
+        if self.bits not in info.bits:
+            raise SpecError(
+                f"bits {self.bits} in quantization spec: {scheme} is a "
+                f"{info.bits[0]}-bit format; drop --bits or use {info.bits[0]}"
+            )
         if self.granularity not in GRANULARITIES:
             raise SpecError(
                 f"unknown granularity {self.granularity!r} in quantization spec: "
                 f"choose one of {', '.join(GRANULARITIES)}"
+            )
+        if self.granularity not in info.granularities:
+            raise SpecError(
+                f"granularity {self.granularity} in quantization spec: {scheme} has one scale "
+                f"per {' or '.join(info.granularities)}; use --granularity "
+                f"{info.granularities[0]}"
             )
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
             raise SpecError(f"group size {self.group_size!r} in quantization spec: not an integer")
@@ -84,25 +116,41 @@ class QuantSpec:
                 f"unknown scale dtype {self.scale_dtype!r} in quantization spec: "
                 f"choose one of {', '.join(SCALE_DTYPES)}"
             )
+        if self.scale_dtype not in info.scale_dtypes:
+            raise SpecError(
+                f"scale dtype {self.scale_dtype} in quantization spec: {scheme} stores its "
+                f"scales as {' or '.join(info.scale_dtypes)}; use --scale-dtype "
+                f"{info.default_scale_dtype}"
+            )
+        if self.granularity == "group" and info.group_sizes:
+            if self.group_size not in info.group_sizes:
+                raise SpecError(
+                    f"group size {self.group_size} in quantization spec: {scheme} has one "
+                    f"scale per {info.group_sizes[0]} elements; use --group-size "
+                    f"{info.group_sizes[0]}"
+                )
 
     # -- derived facts -------------------------------------------------------------------
 
     @property
+    def format(self) -> Scheme:
+        """The scheme's number format (``schemes/``): its kernels and facts."""
+        return SCHEMES[self.scheme]
+
+    @property
     def signed(self) -> bool:
-        """True when codes are signed (absmax), False when unsigned with a zero point."""
-        return self.scheme == "absmax"
+        """True when codes are two's complement integers (absmax, fullrange)."""
+        return self.format.signed
 
     @property
     def has_zero_point(self) -> bool:
-        return self.scheme == "zeropoint"
+        return self.format.has_zero_point
 
     @property
     def code_range(self) -> tuple[int, int]:
-        """(qmin, qmax): absmax uses the restricted symmetric range [-(2^(b-1)-1), 2^(b-1)-1]."""
-        if self.signed:
-            qmax = 2 ** (self.bits - 1) - 1
-            return -qmax, qmax
-        return 0, 2**self.bits - 1
+        """(qmin, qmax) of the stored codes: absmax uses the restricted symmetric range
+        [-(2^(b-1)-1), 2^(b-1)-1], zeropoint [0, 2^b-1], fullrange [-2^(b-1), 2^(b-1)-1]."""
+        return self.format.code_range(self.bits)
 
     def resolve_axis(self, ndim: int, name: str = "tensor") -> int:
         """The channel axis as a non-negative index for an array of ``ndim`` dimensions.
@@ -126,8 +174,12 @@ class QuantSpec:
     def label(self, short: bool = False) -> str:
         """``absmax int8 channel(0)``, ``zeropoint uint4 group(128) p99.9 float16 scales``;
         short enough for an 80-column table: ``absmax i8 ch``, ``zp u4 g128 p99.9 f16``."""
-        scheme = "zp" if short and self.scheme == "zeropoint" else self.scheme
-        kind = ("i" if short else "int") if self.signed else ("u" if short else "uint")
+        if self.scheme in ("absmax", "zeropoint", "fullrange", "fullrange-ct"):
+            scheme = "zp" if short and self.scheme == "zeropoint" else self.scheme
+            kind = ("i" if short else "int") if self.signed else ("u" if short else "uint")
+            text = f"{scheme} {kind}{self.bits}"
+        else:
+            text = self.scheme  # the float and codebook formats name their bits
         if self.granularity == "channel":
             gran = f"channel({self.axis})"
             if short:
@@ -136,11 +188,11 @@ class QuantSpec:
             gran = f"g{self.group_size}" if short else f"group({self.group_size})"
         else:
             gran = "t" if short else "tensor"
-        text = f"{scheme} {kind}{self.bits} {gran}"
+        text += f" {gran}"
         if self.calibration == "percentile":
             text += f" p{self.percentile:g}"
-        if self.scale_dtype != "float32":
-            short_dtype = {"float16": "f16", "bfloat16": "bf16"}[self.scale_dtype]
+        if self.scale_dtype != self.format.default_scale_dtype:
+            short_dtype = SHORT_NAMES[self.scale_dtype]
             text += f" {short_dtype}" if short else f" {self.scale_dtype} scales"
         return text
 

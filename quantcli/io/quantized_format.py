@@ -2,11 +2,19 @@
 
 For each quantized tensor NAME the file holds:
 
-- NAME: the codes. bits == 8: int8 (absmax) or uint8 (zeropoint) of the original shape.
+- NAME: the codes. bits == 8: the scheme's code dtype (int8 for absmax and fullrange, uint8
+  for zeropoint, float8_e4m3fn / float8_e5m2 for fp8) of the original shape.
   bits < 8: uint8 packed along the last axis (``quantcli.core.packing``), shape
   ``shape[:-1] + (ceil(shape[-1] * bits / 8),)`` (a 0-d tensor packs as ``(1,)``).
-- NAME.scale: the scales, in the spec's scale dtype, of ``param_shape(shape, spec)``.
+- NAME.scale: the scales, stored as the spec's scale dtype says (``quantcli.core.scales``:
+  float32/float16/bfloat16, uint8 E8M0 exponents, float8_e4m3fn), of
+  ``param_shape(shape, spec)``.
 - NAME.zero_point: uint8 zero points of the same shape (zeropoint scheme only).
+- NAME.tensor_scale: float32 (1,), the scale per tensor of nvfp4.
+
+Version 2 adds the schemes beyond absmax and zeropoint, their scale dtypes and
+NAME.tensor_scale; a file that uses none of them is written as version 1, so older quant
+versions still read it.
 
 Kept tensors are stored under their own name, byte for byte. The header's ``__metadata__``
 holds ``quant.format`` = "quantcli", ``quant.format_version``, ``quant.producer``,
@@ -28,7 +36,7 @@ import numpy as np
 from quantcli import __version__
 from quantcli.core.layout import param_shape
 from quantcli.core.packing import pack, packed_length, unpack
-from quantcli.core.schemes import SCALE_NUMPY_DTYPES
+from quantcli.core.scales import SCALE_KINDS
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import QuantError, QuantizedFormatError
 from quantcli.io.dtypes import is_float, numpy_dtype, safetensors_dtype
@@ -37,9 +45,12 @@ if TYPE_CHECKING:
     from quantcli.core.quantizer import QuantizedTensor
 
 FORMAT_NAME = "quantcli"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READ_VERSIONS = ("1", "2")
+VERSION_1_SCHEMES = ("absmax", "zeropoint")
 SCALE_SUFFIX = ".scale"
 ZERO_POINT_SUFFIX = ".zero_point"
+TENSOR_SCALE_SUFFIX = ".tensor_scale"
 
 KEY_FORMAT = "quant.format"
 KEY_VERSION = "quant.format_version"
@@ -69,15 +80,17 @@ class QuantizedEntry:
         """(name, dtype, shape) of the arrays this tensor is stored as, in write order."""
         spec = self.spec
         if spec.bits == 8:
-            codes = (np.dtype(np.int8 if spec.signed else np.uint8), self.shape or (1,))
+            codes = (spec.format.code_dtype, self.shape or (1,))
         else:
             lead, last = (self.shape[:-1], self.shape[-1]) if self.shape else ((), 1)
             codes = (np.dtype(np.uint8), lead + (packed_length(last, spec.bits),))
         pshape = param_shape(self.shape, spec)
-        scale_dtype = SCALE_NUMPY_DTYPES[spec.scale_dtype]
+        scale_dtype = SCALE_KINDS[spec.scale_dtype].dtype
         out = [(self.name, *codes), (self.name + SCALE_SUFFIX, scale_dtype, pshape)]
         if spec.has_zero_point:
             out.append((self.name + ZERO_POINT_SUFFIX, np.dtype(np.uint8), pshape))
+        if spec.format.tensor_scale:
+            out.append((self.name + TENSOR_SCALE_SUFFIX, np.dtype(np.float32), (1,)))
         return out
 
 
@@ -92,6 +105,8 @@ def stored_arrays(name: str, qt: QuantizedTensor) -> list[tuple[str, np.ndarray]
     out = [(name, codes), (name + SCALE_SUFFIX, qt.scale)]
     if qt.zero_point is not None:
         out.append((name + ZERO_POINT_SUFFIX, qt.zero_point))
+    if qt.tensor_scale is not None:
+        out.append((name + TENSOR_SCALE_SUFFIX, qt.tensor_scale))
     return out
 
 
@@ -108,9 +123,10 @@ def header_metadata(
 
     source_format: ``npy``, ``npz`` or ``safetensors``, so decompress can default to it.
     """
+    version_1 = all(e.spec.scheme in VERSION_1_SCHEMES for e in entries)
     return {
         KEY_FORMAT: FORMAT_NAME,
-        KEY_VERSION: FORMAT_VERSION,
+        KEY_VERSION: "1" if version_1 else FORMAT_VERSION,
         KEY_PRODUCER: f"quant {__version__}",
         KEY_TENSORS: json.dumps({e.name: e.to_json() for e in entries}, separators=(",", ":")),
         KEY_SOURCE_METADATA: json.dumps(source_metadata, separators=(",", ":"), sort_keys=True),
@@ -125,10 +141,10 @@ def is_quantized(metadata: dict[str, str]) -> bool:
 def read_entries(metadata: dict[str, str], label: str) -> dict[str, QuantizedEntry]:
     """Parse and check ``quant.tensors`` of a quantized file's metadata."""
     version = metadata.get(KEY_VERSION)
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise QuantizedFormatError(
             f"unknown quantized format version {version!r} in {label}: this quant reads "
-            f"version {FORMAT_VERSION}; upgrade quant or re-run quant compress"
+            f"versions {' and '.join(READ_VERSIONS)}; upgrade quant or re-run quant compress"
         )
     try:
         raw = json.loads(metadata.get(KEY_TENSORS, "{}"))
@@ -137,6 +153,8 @@ def read_entries(metadata: dict[str, str], label: str) -> dict[str, QuantizedEnt
         entries = {}
         for name, item in raw.items():
             spec = QuantSpec.from_dict(item)
+            if version == "1" and spec.scheme not in VERSION_1_SCHEMES:
+                raise ValueError(f"scheme {spec.scheme} of {_shown(name)} needs version 2")
             shape = tuple(int(n) for n in item["shape"])
             if any(n < 0 for n in shape):
                 raise ValueError(f"negative dimension in {_shown(name)}")
@@ -203,10 +221,20 @@ def restore(entry: QuantizedEntry, arrays: dict, label: str, dtype=None) -> np.n
     spec = entry.spec
     codes = unpacked_codes(entry, arrays[entry.name], label)
     scale = np.asarray(arrays[entry.name + SCALE_SUFFIX])
-    if not np.isfinite(scale.astype(np.float32)).all() or (scale.astype(np.float32) <= 0).any():
+    kind = SCALE_KINDS[spec.scale_dtype]
+    tensor_scale = None
+    if spec.format.tensor_scale:
+        tensor_scale = np.asarray(arrays[entry.name + TENSOR_SCALE_SUFFIX], np.float32)
+        if not (np.isfinite(tensor_scale).all() and (tensor_scale > 0).all()):
+            raise QuantizedFormatError(
+                f"invalid tensor scale in tensor {_shown(entry.name)} of {label}: it must be "
+                "finite and positive; the file is damaged, re-run quant compress"
+            )
+    if not spec.format.valid_scales(kind.load(scale)):
         raise QuantizedFormatError(
-            f"invalid scales in tensor {_shown(entry.name)} of {label}: scales must be finite and "
-            "positive; the file is damaged, re-run quant compress"
+            f"invalid scales in tensor {_shown(entry.name)} of {label}: {spec.scheme} scales "
+            "must be finite and nonzero (positive but for fullrange); the file is damaged, "
+            "re-run quant compress"
         )
     zp = arrays.get(entry.name + ZERO_POINT_SUFFIX) if spec.has_zero_point else None
     if zp is not None and int(np.max(zp, initial=0)) > spec.code_range[1]:
@@ -217,9 +245,10 @@ def restore(entry: QuantizedEntry, arrays: dict, label: str, dtype=None) -> np.n
     from quantcli.core.quantizer import dequantize  # the numerics load only when restoring
 
     target = np.dtype(entry.dtype if dtype is None else dtype)
-    x_hat = dequantize(codes, scale, zp, spec)
+    x_hat = dequantize(codes, scale, zp, spec, tensor_scale=tensor_scale)
     if target.itemsize < 4 and x_hat.size:
-        _fit_range(x_hat, target, float(scale.astype(np.float32).max()), entry.name, label)
+        step = spec.format.effective_scale(kind.load(scale), tensor_scale)
+        _fit_range(x_hat, target, float(np.abs(step).max()), entry.name, label)
     return x_hat if target == np.float32 else x_hat.astype(target)
 
 
@@ -249,9 +278,10 @@ def unpacked_codes(entry: QuantizedEntry, stored: np.ndarray, label: str) -> np.
         last = entry.shape[-1] if entry.shape else 1
         codes = unpack(stored, spec.bits, last, spec.signed)
     codes = codes.reshape(entry.shape)
-    if codes.size and (int(codes.min()) < qmin or int(codes.max()) > qmax):
+    if not spec.format.valid_codes(codes, spec):
+        what = f"lie in [{qmin}, {qmax}]" if spec.format.integer else "are finite values"
         raise QuantizedFormatError(
             f"code out of range in tensor {_shown(entry.name)} of {label}: {spec.label()} codes "
-            f"lie in [{qmin}, {qmax}]; the file is damaged, re-run quant compress"
+            f"{what}; the file is damaged, re-run quant compress"
         )
     return codes

@@ -27,7 +27,8 @@ import numpy as np
 
 from quantcli.core.metrics import ErrorStats
 from quantcli.core.quantizer import quantize
-from quantcli.core.spec import QuantSpec
+from quantcli.core.schemes import SCHEMES
+from quantcli.core.spec import SCHEME_ALIASES, QuantSpec
 from quantcli.errors import InputError, QualityGateError, UsageError
 from quantcli.io.detect import open_input
 from quantcli.io.numpy_files import NpyReader
@@ -111,7 +112,16 @@ def configs_from_options(
     for scheme, b, gran, calib, sdtype in product(
         schemes, bits, granularities, calibrations, scale_dtypes
     ):
-        for gs in group_sizes if gran == "group" else [_BASE.group_size]:
+        # a format with fixed bits, granularity, group size or scale dtype takes its own
+        # in place of the sweep's values (nf4 is compared at 4 bits whatever --bits says)
+        info = SCHEMES[SCHEME_ALIASES.get(scheme, scheme)]
+        b = b if b in info.bits else info.default_bits
+        gran = gran if gran in info.granularities else info.default_granularity
+        sdtype = sdtype if sdtype in info.scale_dtypes else info.default_scale_dtype
+        sizes = group_sizes if gran == "group" else [_BASE.group_size]
+        if gran == "group" and info.group_sizes:
+            sizes = [gs for gs in sizes if gs in info.group_sizes] or [info.default_group_size]
+        for gs in sizes:
             spec = QuantSpec(
                 scheme=scheme,
                 bits=int(b),

@@ -7,12 +7,15 @@ The same as ONNX Runtime's symmetric int8 and llama.cpp's Q8_0 (d = amax / 127).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quantcli.core.parallel import scratch
-from quantcli.core.schemes.base import safe_scale
-from quantcli.core.spec import QuantSpec
+from quantcli.core.schemes.base import Scheme, safe_scale
+
+if TYPE_CHECKING:
+    from quantcli.core.spec import QuantSpec
 
 
 @dataclass
@@ -34,11 +37,11 @@ class AbsmaxParams:
         return self.amax == 0
 
 
-class Absmax:
+class Absmax(Scheme):
     name = "absmax"
-    code_dtype = np.dtype(np.int8)
+    summary = "symmetric int, codes -(2^(b-1)-1)..2^(b-1)-1, scale = amax / qmax"
 
-    def params(self, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> AbsmaxParams:
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> AbsmaxParams:
         qmax = spec.code_range[1]
         amax = np.maximum(hi, -lo)
         # a slack under half a step keeps amax / scale below qmax + 0.5, so min-max codes

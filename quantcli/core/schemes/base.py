@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import ml_dtypes
 import numpy as np
 
-from quantcli.core.spec import QuantSpec
+from quantcli.core.scales import SCALE_KINDS
 
-SCALE_NUMPY_DTYPES = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
-# the smallest positive and the largest value of each scale dtype
-SCALE_SMALLEST = {
-    name: np.float32(ml_dtypes.finfo(dtype).smallest_subnormal)
-    for name, dtype in SCALE_NUMPY_DTYPES.items()
-}
-SCALE_LARGEST = {name: float(ml_dtypes.finfo(dt).max) for name, dt in SCALE_NUMPY_DTYPES.items()}
+if TYPE_CHECKING:
+    from quantcli.core.spec import QuantSpec
+
+# the scale storage kinds' dtypes and ranges (core/scales.py), by name
+SCALE_NUMPY_DTYPES = {name: kind.dtype for name, kind in SCALE_KINDS.items()}
+SCALE_SMALLEST = {name: np.float32(kind.smallest) for name, kind in SCALE_KINDS.items()}
+SCALE_LARGEST = {name: kind.largest for name, kind in SCALE_KINDS.items()}
 
 
 class GroupParams(Protocol):
@@ -27,7 +22,7 @@ class GroupParams(Protocol):
 
     lo: np.ndarray  # float32: clipping range, values below are clipped
     hi: np.ndarray  # float32: clipping range, values above are clipped
-    scale: np.ndarray  # float32: the scale the codes are computed with
+    scale: np.ndarray  # float32: the stored scale's value (see Scheme.effective_scale)
     zero_point: np.ndarray | None  # uint8, or None for symmetric schemes
 
     @property
@@ -35,22 +30,77 @@ class GroupParams(Protocol):
         """bool: the range is the single point 0 (every value maps to code 0)."""
 
 
-class Scheme(Protocol):
-    """One quantization scheme: element-wise kernels only. Layout, chunking, calibration and
-    storage live in ``quantizer.py``, ``layout.py`` and ``calibration.py``; parameters reach
-    ``encode``/``decode`` already shaped to broadcast against the values."""
+class Scheme:
+    """One number format: how a value scaled by its group's scale becomes a code and back.
+
+    A scheme holds element-wise kernels and the facts the spec checks; layout, chunking,
+    calibration and storage live in ``quantizer.py``, ``layout.py``, ``calibration.py`` and
+    ``scales.py``. Parameters reach ``encode``/``decode`` already shaped to broadcast against
+    the values. A new format is one module with one subclass, and one line in
+    ``schemes/__init__.py``.
+    """
 
     name: str
-    code_dtype: np.dtype
+    summary: str  # one line for listings and docs
+    bits: tuple[int, ...] = tuple(range(2, 9))  # the bit widths it takes
+    default_bits: int = 8
+    granularities: tuple[str, ...] = ("tensor", "channel", "group")
+    default_granularity: str = "channel"
+    group_sizes: tuple[int, ...] | None = None  # None: any
+    default_group_size: int = 128
+    scale_dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
+    default_scale_dtype: str = "float32"
+    code_dtype: np.dtype = np.dtype(np.int8)  # what encode writes, one code per element
+    signed: bool = True  # codes are two's complement integers (sign-extended when unpacked)
+    has_zero_point: bool = False
+    symmetric_range: bool = True  # calibrated as [-amax, amax]; False: [lo, hi] with signs
+    tensor_scale: bool = False  # a float32 scale per tensor above the group scales
+    integer: bool = True  # codes are integers on a uniform grid (x = (q - zp) * scale)
+    zero_code: int = 0  # the code of the value 0
 
-    def params(self, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> GroupParams:
-        """Scales (and zero points) from the calibrated range [lo, hi] of every group."""
+    def code_range(self, bits: int) -> tuple[int, int]:
+        """(qmin, qmax) of the integer codes, as stored (before unpacking sign extension)."""
+        qmax = 2 ** (bits - 1) - 1
+        return -qmax, qmax
+
+    def levels(self, spec: QuantSpec) -> np.ndarray:
+        """float32: every value a code stands for, in units of the scale, ascending (for
+        histograms and searches); zero points shift them."""
+        qmin, qmax = self.code_range(spec.bits)
+        return np.arange(qmin, qmax + 1, dtype=np.float32)
+
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> GroupParams:
+        """Scales (and zero points) from the calibrated range [lo, hi] of every group;
+        ``tensor_scale``: the tensor's float32 scale, for schemes that have one."""
+        raise NotImplementedError
 
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
-        """Write the integer codes of ``x`` (float32) into ``out`` (code_dtype)."""
+        """Write the codes of ``x`` (float32) into ``out`` (code_dtype)."""
+        raise NotImplementedError
 
     def decode(self, codes, scale, zero_point, out: np.ndarray) -> None:
         """Write the float32 reconstruction of ``codes`` into ``out``."""
+        raise NotImplementedError
+
+    def tensor_scale_of(self, amax: float) -> np.ndarray:
+        """float32 (1,): the tensor's scale from its largest magnitude (tensor_scale only)."""
+        raise NotImplementedError
+
+    def effective_scale(self, stored32: np.ndarray, tensor_scale) -> np.ndarray:
+        """float32: the scale codes are encoded and decoded with, from the group scales (as
+        float32) and the tensor scale. Most formats use the group scale as it is."""
+        return stored32
+
+    def valid_scales(self, stored32: np.ndarray) -> bool:
+        """True when stored scales (as float32) can be restored: finite and positive."""
+        return bool(np.isfinite(stored32).all() and (stored32 > 0).all())
+
+    def valid_codes(self, codes: np.ndarray, spec: QuantSpec) -> bool:
+        """True when every (unpacked) code is one the format can hold."""
+        if not codes.size:
+            return True
+        qmin, qmax = self.code_range(spec.bits)
+        return int(codes.min()) >= qmin and int(codes.max()) <= qmax
 
 
 def safe_scale(

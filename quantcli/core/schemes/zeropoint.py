@@ -8,12 +8,15 @@ q = clip(rint(x / scale) + zp, 0, 2**b - 1); x_hat = (q - zp) * scale.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quantcli.core.parallel import scratch
-from quantcli.core.schemes.base import safe_scale
-from quantcli.core.spec import QuantSpec
+from quantcli.core.schemes.base import Scheme, safe_scale
+
+if TYPE_CHECKING:
+    from quantcli.core.spec import QuantSpec
 
 
 @dataclass
@@ -28,11 +31,18 @@ class ZeropointParams:
         return self.hi == self.lo
 
 
-class Zeropoint:
+class Zeropoint(Scheme):
     name = "zeropoint"
+    summary = "asymmetric int, codes 0..2^b-1 with an integer zero point"
     code_dtype = np.dtype(np.uint8)
+    signed = False
+    has_zero_point = True
+    symmetric_range = False
 
-    def params(self, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> ZeropointParams:
+    def code_range(self, bits: int) -> tuple[int, int]:
+        return 0, 2**bits - 1
+
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> ZeropointParams:
         levels = spec.code_range[1]
         lo = np.minimum(lo, np.float32(0))
         hi = np.maximum(hi, np.float32(0))

@@ -1,0 +1,86 @@
+"""fp8: 8-bit floats under a float32 scale, E4M3 (max 448) or E5M2 (max 57344).
+
+scale = amax / max (one per tensor, channel or group); q = fp8(clip(x / scale, -max, max))
+with round to nearest even; x_hat = float(q) * scale. The clip comes before the cast because
+ml_dtypes turns an E4M3 overflow (480 and up) into NaN instead of saturating. Codes are stored
+as the fp8 dtype itself (safetensors F8_E4M3 / F8_E5M2), so any reader sees the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import ml_dtypes
+import numpy as np
+
+from quantcli.core.parallel import scratch
+from quantcli.core.schemes.base import Scheme, safe_scale
+
+if TYPE_CHECKING:
+    from quantcli.core.spec import QuantSpec
+
+
+@dataclass
+class FloatParams:
+    """Parameters of a symmetric float format: the range [-amax, amax] and the scale."""
+
+    amax: np.ndarray  # float32, keepdims
+    scale: np.ndarray  # float32, keepdims
+    zero_point: None = None
+
+    @property
+    def lo(self) -> np.ndarray:
+        return -self.amax
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.amax
+
+    @property
+    def empty(self) -> np.ndarray:
+        return self.amax == 0
+
+
+class FP8(Scheme):
+    name = "fp8"
+    summary = "8-bit float E4M3 (max 448) under a scale = amax / 448"
+    bits = (8,)
+    code_dtype = np.dtype(ml_dtypes.float8_e4m3fn)
+    signed = False
+    integer = False
+
+    @property
+    def max(self) -> float:
+        return float(ml_dtypes.finfo(self.code_dtype).max)
+
+    def code_range(self, bits: int) -> tuple[int, int]:
+        return 0, 255  # every byte but the NaNs (checked by valid_codes)
+
+    def levels(self, spec: QuantSpec) -> np.ndarray:
+        every = np.arange(256, dtype=np.uint8).view(self.code_dtype).astype(np.float32)
+        return np.unique(every[np.isfinite(every)])
+
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> FloatParams:
+        amax = np.maximum(hi, -lo)
+        top = np.float32(self.max)
+        return FloatParams(amax=amax, scale=safe_scale(amax / top, amax, self.max, spec, 0.0))
+
+    def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
+        t = scratch("encode", x.shape, np.float32)
+        with np.errstate(over="ignore"):
+            np.divide(x, scale, out=t)
+        np.clip(t, -self.max, self.max, out=t)
+        np.copyto(out, t, casting="unsafe")  # ml_dtypes' cast: round to nearest even
+
+    def decode(self, codes, scale, zero_point, out: np.ndarray) -> None:
+        np.multiply(codes.astype(np.float32), scale, out=out)
+
+    def valid_codes(self, codes: np.ndarray, spec: QuantSpec) -> bool:
+        return bool(np.isfinite(codes.astype(np.float32)).all())
+
+
+class FP8E5M2(FP8):
+    name = "fp8-e5m2"
+    summary = "8-bit float E5M2 (max 57344) under a scale = amax / 57344"
+    code_dtype = np.dtype(ml_dtypes.float8_e5m2)
