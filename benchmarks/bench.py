@@ -134,6 +134,13 @@ def bench_kernels(report: Report, n: int, repeat: int) -> None:
             QuantSpec("zeropoint", 8, "tensor", calibration="percentile"),
             5.0,
         ),
+        # the number formats (issue targets: 3x for 8-bit, 4x for 4-bit with packing)
+        ("fullrange int8 channel", QuantSpec("fullrange", 8, "channel"), 3.0),
+        ("fp8 e4m3 channel", QuantSpec("fp8", granularity="channel"), 3.0),
+        ("fullrange int4 group32 +pack", QuantSpec("fullrange", 4, "group", group_size=32), 4.0),
+        ("nf4 group64 +pack", QuantSpec("nf4"), 4.0),
+        ("mxfp4 +pack", QuantSpec("mxfp4"), 4.0),
+        ("nvfp4 +pack", QuantSpec("nvfp4"), 4.0),
     ]
     for name, spec, target in cases:
         t, base = paired_times(lambda spec=spec: quant_kernel(spec)(x), run_floor, repeat)

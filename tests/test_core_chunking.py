@@ -102,3 +102,22 @@ def test_packed_in_chunks_equals_pack_afterwards(spec, shape, threads, monkeypat
     np.testing.assert_array_equal(packed.dequantize(), whole.dequantize())
     assert packed.stats.sum_sq_error == pytest.approx(whole.stats.sum_sq_error, rel=1e-12)
     assert packed.stats.count == whole.stats.count
+
+
+def test_a_group_longer_than_the_row_costs_no_more_than_the_row():
+    """--group-size 100000000 once allocated memory for the group size (191 GiB): a group is
+    cut to the row, so the result equals one group per row and memory follows the array."""
+    import tracemalloc
+
+    x = np.random.default_rng(1).standard_normal((64, 384)).astype(np.float32)
+    row = quantize(x, QuantSpec("absmax", 4, "group", group_size=384), measure=True)
+    tracemalloc.start()
+    try:
+        huge = quantize(x, QuantSpec("absmax", 4, "group", group_size=100_000_000), measure=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert huge.scale.shape == row.scale.shape == (64, 1)
+    np.testing.assert_array_equal(huge.codes, row.codes)
+    np.testing.assert_array_equal(huge.scale, row.scale)
+    assert peak < 40 * x.nbytes  # the array's size in temporaries, not the group size's

@@ -110,8 +110,11 @@ def tiling(shape: tuple[int, ...], spec: QuantSpec, chunk_elements: int) -> Tili
         rows, last = math.prod(shape[:-1]), shape[-1]
         step = max(1, chunk_elements // max(last, 1))
         chunks = tuple((slice(r, r + step),) for r in range(0, rows, step))
-        n_groups = -(-last // spec.group_size)
-        return Tiling("group", (rows, last), (rows, n_groups), chunks, spec.group_size)
+        # a group never needs to be longer than the row: one group per row either way, and
+        # the per-element parameter expansion stays the row's size, not the group size's
+        group_size = min(spec.group_size, max(last, 1))
+        n_groups = -(-last // group_size)
+        return Tiling("group", (rows, last), (rows, n_groups), chunks, group_size)
     if spec.granularity == "channel":
         axis = spec.resolve_axis(len(shape))
         before, channels = math.prod(shape[:axis]), shape[axis]
