@@ -13,6 +13,7 @@ folder). Two reasons:
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,9 +28,11 @@ class _Pending:
     """One output being written: its destination, its temp file and that file's handle."""
 
     path: str
-    temp: str
-    file: BinaryIO
+    temp: str = ""  # "" until the temp file exists
+    prefix: str = ""  # the temp file's path up to mkstemp's random part
+    file: BinaryIO | None = None
     done: bool = False
+    published: bool = False
 
 
 class AtomicGroup:
@@ -74,7 +77,11 @@ class AtomicGroup:
         """
         if self._closed:
             raise ValueError("the AtomicGroup has already been committed or aborted")
-        pending = self._create(os.fspath(path))
+        try:
+            pending = self._create(os.fspath(path))
+        except BaseException:
+            self.abort()
+            raise
         try:
             yield pending.file
             _flush_to_disk(pending.file)
@@ -102,28 +109,42 @@ class AtomicGroup:
             raise OutputError(
                 f"missing folder in {path}: {folder} is not an existing folder; create it first"
             )
-        try:
-            fd, temp = tempfile.mkstemp(dir=folder, prefix="." + name + ".", suffix=".tmp")
-        except PermissionError as exc:
-            raise OutputError(
-                f"cannot write in {path}: the folder {folder} is not writable; choose another "
-                "output folder or fix its permissions"
-            ) from exc
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write in {path}: {exc.strerror or exc}; choose another output folder"
-            ) from exc
+        # The temp file's name is recorded before the file is made: a signal turned into an
+        # exception (Ctrl-C, SIGTERM) can strike between any two steps, and ``abort`` must
+        # then still know what to remove.
+        pending = _Pending(path)
+        self._pending.append(pending)
+        fd = self._make_temp(pending, folder, name)
         try:
             if hasattr(os, "fchmod"):  # POSIX only; Windows has no mode bits to fix
                 os.fchmod(fd, _new_file_mode(path))
-            file = os.fdopen(fd, "wb")
         except BaseException:
             os.close(fd)
-            _remove(temp)
             raise
-        pending = _Pending(path, temp, file)
-        self._pending.append(pending)
+        pending.file = os.fdopen(fd, "wb")
         return pending
+
+    @staticmethod
+    def _make_temp(pending: _Pending, folder: str, name: str) -> int:
+        """Create ``pending``'s hidden temp file in ``folder``; returns its descriptor."""
+        # mkstemp's name is known only once it returns; a prefix of our own, unique to this
+        # output, lets ``abort`` find the file even if a signal strikes before that
+        pending.prefix = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.")
+        try:
+            fd, pending.temp = tempfile.mkstemp(
+                dir=folder, prefix=os.path.basename(pending.prefix), suffix=".tmp"
+            )
+        except PermissionError as exc:
+            raise OutputError(
+                f"cannot write in {pending.path}: the folder {folder} is not writable; choose "
+                "another output folder or fix its permissions"
+            ) from exc
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write in {pending.path}: {exc.strerror or exc}; choose another output "
+                "folder"
+            ) from exc
+        return fd
 
     def commit(self) -> None:
         """Rename every completed temp file into place, in opening order."""
@@ -134,17 +155,23 @@ class AtomicGroup:
             self.abort()
             raise ValueError(f"outputs still open at commit: {', '.join(unfinished)}")
         self._closed = True
-        for index, pending in enumerate(self._pending):
-            try:
+        try:
+            for pending in self._pending:
                 os.replace(pending.temp, pending.path)
-            except OSError as exc:
-                for rest in self._pending[index:]:
+                pending.published = True
+        except BaseException as exc:
+            # a signal may strike here too: no temp file is left whatever the reason
+            for rest in self._pending:
+                if not rest.published:
                     _remove(rest.temp)
-                done = [p.path for p in self._pending[:index]]
-                raise OutputError(
-                    f"rename failed in {pending.path}: {exc.strerror or exc} (already in place: "
-                    f"{', '.join(done) or 'nothing'}); check the output folder and run again"
-                ) from exc
+            if not isinstance(exc, OSError):
+                raise
+            failed = next(p.path for p in self._pending if not p.published)
+            done = [p.path for p in self._pending if p.published]
+            raise OutputError(
+                f"rename failed in {failed}: {exc.strerror or exc} (already in place: "
+                f"{', '.join(done) or 'nothing'}); check the output folder and run again"
+            ) from exc
         for folder in {os.path.dirname(os.path.abspath(p.path)) for p in self._pending}:
             _fsync_folder(folder)
 
@@ -152,11 +179,15 @@ class AtomicGroup:
         """Close and remove every temp file; destinations are left untouched."""
         self._closed = True
         for pending in self._pending:
-            try:
-                pending.file.close()
-            except OSError:
-                pass  # a failed flush of data that is being thrown away anyway
-            _remove(pending.temp)
+            if pending.file is not None:
+                try:
+                    pending.file.close()
+                except OSError:
+                    pass  # a failed flush of data that is being thrown away anyway
+            if pending.temp:
+                _remove(pending.temp)
+            elif pending.prefix:  # interrupted inside mkstemp: find the file by its prefix
+                _remove_prefixed(pending.prefix)
 
 
 @contextmanager
@@ -180,6 +211,18 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass  # already gone, or cannot be removed: nothing better to do during cleanup
+
+
+def _remove_prefixed(prefix: str) -> None:
+    """Remove the temp file whose path starts with ``prefix``, unique to one output."""
+    folder, start = os.path.split(prefix)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(start) and name.endswith(".tmp"):
+            _remove(os.path.join(folder, name))
 
 
 def _fsync_folder(folder: str) -> None:
