@@ -5,93 +5,36 @@ SIGTERM (timeout, Slurm, Kubernetes, docker stop), SIGHUP (a dropped ssh session
 half-built output folder; stderr holds one line and the exit code is 128 + the signal.
 
 Each test runs ``python -m quantcli`` in a child process on an input large enough that writing
-takes a while, polls the folder until the child's temp file exists, freezes the child with
-SIGSTOP and checks that it is indeed mid-write (temp file there, output not), then sends the
-signal and lets the child go on: the signal is certain to arrive mid-write.
+takes a while, freezes it mid-write (tests/processes.py), sends the signal and lets the child
+go on: the signal is certain to arrive mid-write.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from processes import BIG_ROWS, finish, freeze_mid_write, make_big_npy, make_checkpoint, start
 
 from quantcli.cli.app import Terminated
 from quantcli.io.atomic import AtomicGroup, atomic_write
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
-QUANT = [sys.executable, "-m", "quantcli"]
-ROWS = 16384  # x 1024 float32 = 64 MiB: on the project machine writing takes about 0.6 s
-
 
 @pytest.fixture(scope="module")
 def big_npy(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("input") / "big.npy"
-    rng = np.random.default_rng(0)
-    np.save(path, rng.standard_normal((ROWS, 1024), dtype=np.float32))
-    return path
+    return make_big_npy(tmp_path_factory.mktemp("input") / "big.npy")
 
 
 @pytest.fixture(scope="module")
 def big_checkpoint(tmp_path_factory) -> Path:
-    """A sharded checkpoint folder: two shards of 32 MiB and their index."""
-    folder = tmp_path_factory.mktemp("ckpt")
-    rng = np.random.default_rng(1)
-    weight_map = {}
-    for i in (1, 2):
-        shard = f"model-0000{i}-of-00002.safetensors"
-        name = f"layer{i}.weight"
-        save_file({name: rng.standard_normal((ROWS // 2, 1024), dtype=np.float32)}, folder / shard)
-        weight_map[name] = shard
-    index = {"metadata": {}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    return folder
-
-
-def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*.tmp")]
-
-
-def start(args: list, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*QUANT, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
-
-
-def freeze_mid_write(proc: subprocess.Popen, folder: Path, output: Path) -> None:
-    """Wait until ``proc`` has a temp file in ``folder``, stop it, and check it is mid-write."""
-    deadline = time.monotonic() + 120
-    while not temp_files(folder):
-        assert proc.poll() is None, ("quant ended before writing", proc.communicate())
-        assert time.monotonic() < deadline, "no temp file appeared in 120 s"
-        time.sleep(0.002)  # polling the folder, not waiting for a guessed duration
-    proc.send_signal(signal.SIGSTOP)
-    assert temp_files(folder) and not output.exists(), (
-        "quant finished writing before it could be stopped: make the input larger"
-    )
-
-
-def finish(proc: subprocess.Popen) -> tuple[str, str]:
-    try:
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return out.decode(), err.decode()
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt"), BIG_ROWS // 2)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +50,6 @@ def test_a_signal_mid_write_leaves_nothing(tmp_path, big_npy, signum, code, word
     proc = start(["compress", big_npy, "-o", output])
     freeze_mid_write(proc, tmp_path, output)
     proc.send_signal(signum)
-    proc.send_signal(signal.SIGCONT)
     out, err = finish(proc)
     assert proc.returncode == code, (proc.returncode, err)
     assert out == ""
@@ -121,7 +63,6 @@ def test_sigterm_mid_write_of_a_sharded_output_leaves_no_folder(tmp_path, big_ch
     proc = start(["compress", big_checkpoint, "-o", output])
     freeze_mid_write(proc, tmp_path, output / "model.safetensors.index.json")
     proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGCONT)
     out, err = finish(proc)
     assert proc.returncode == 143, (proc.returncode, err)
     assert (
@@ -140,7 +81,6 @@ def test_an_ignored_sighup_stays_ignored(tmp_path, big_npy):
     proc = start(["compress", big_npy, "-o", output, "-q"], preexec_fn=ignore_sighup)
     freeze_mid_write(proc, tmp_path, output)
     proc.send_signal(signal.SIGHUP)
-    proc.send_signal(signal.SIGCONT)
     out, err = finish(proc)
     assert proc.returncode == 0, err
     assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]
