@@ -9,10 +9,11 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from quantcli.cli import compress, decompress, inspect, report  # noqa: F401  (registers commands)
-from quantcli.cli.app import app
+from quantcli.cli.app import app, install_signal_handlers
 
 
 def main() -> None:
+    install_signal_handlers()
     app()
 
 

@@ -11,6 +11,7 @@ stays one line.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -52,6 +53,51 @@ def _interrupted() -> None:
     )
 
 
+class Terminated(BaseException):
+    """A termination signal arrived (SIGTERM, SIGHUP).
+
+    Raised in the main thread like KeyboardInterrupt and, like it, not an ``Exception``: only
+    cleanup code (``finally``, ``except BaseException``) sees it on its way out, so the temp
+    files of a half-written output are removed exactly as on Ctrl-C.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# What process managers end a job with: SIGTERM from timeout, Slurm, Kubernetes and
+# `docker stop`; SIGHUP when the terminal or ssh session goes away.
+_TERMINATING = ("SIGTERM", "SIGHUP")
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGHUP into ``Terminated``. For the quant process only (its entry
+    point calls this); a signal already ignored (``nohup``) stays ignored."""
+    for name in _TERMINATING:
+        signum = getattr(signal, name, None)  # Windows has no SIGHUP
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # a second signal (a process manager may repeat it) would cut the cleanup short and
+    # leave temp files behind: the first one is obeyed, the others are ignored
+    for name in _TERMINATING:
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def _terminated(signum: int) -> None:
+    where = f"quant {_command}" if _command else "quant"
+    fail(
+        f"terminated ({signal.Signals(signum).name}) in {where}: stopped by the signal before "
+        "finishing; no output was written and no temp file is left",
+        128 + signum,
+    )
+
+
 class QuantGroup(TyperGroup):
     """Runs a command and maps every failure to one line on stderr and an exit code."""
 
@@ -78,6 +124,8 @@ class QuantGroup(TyperGroup):
             fail(exc.format_message(), exc.exit_code)
         except (typer.Abort, KeyboardInterrupt):
             _interrupted()
+        except Terminated as exc:
+            _terminated(exc.signum)
         except BrokenPipeError:
             # the reader of our stdout went away (e.g. `| head`): not an error of ours
             sys.stderr.close()

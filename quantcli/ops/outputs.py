@@ -1,8 +1,11 @@
 """Where outputs go, the checks that keep a user's files safe, and writing them whole.
 
 Every output is all or nothing: a temp file in the destination folder renamed into place
-when complete (a sharded output: every shard, then the index); stdout gets its bytes only
-once the whole output has been made.
+when complete (a sharded output: every shard, then the index; a new output folder is built
+hidden and renamed into place whole); stdout gets its bytes only once the whole output has
+been made. Without ``force`` nothing is ever replaced, not even a file that another program
+(another quant run with the same ``-o``) created while this one was writing: the last rename
+cannot replace, and the run that loses the race fails as if the file had been there first.
 """
 
 from __future__ import annotations
@@ -47,11 +50,19 @@ def check_output(output: Path, inputs: list[Path], force: bool) -> None:
                 "choose another -o path"
             )
     if output.exists() and not force:
-        raise OutputConflictError(
-            f"output exists in {output}: quant does not overwrite files by default; "
-            "pass --force to replace it, or choose another -o path"
-        )
-    parent = output.parent
+        raise _exists(output)
+    _check_folder(output, output.parent)
+
+
+def _exists(output: Path, meanwhile: bool = False) -> OutputConflictError:
+    when = " (it appeared while quant was writing)" if meanwhile else ""
+    return OutputConflictError(
+        f"output exists in {output}{when}: quant does not overwrite files by default; "
+        "pass --force to replace it, or choose another -o path"
+    )
+
+
+def _check_folder(output: Path, parent: Path) -> None:
     if not parent.is_dir():
         raise OutputError(
             f"missing output folder in {output}: {parent} does not exist; create it first"
@@ -108,8 +119,11 @@ def write_file(output: str, inputs: list[Path], force: bool, write: ShardWriter)
         sys.stdout.buffer.flush()
         return []
     check_output(Path(output), inputs, force)
-    with atomic_write(Path(output)) as f:
-        write(f)
+    try:
+        with atomic_write(Path(output), replace=force) as f:
+            write(f)
+    except OutputConflictError as exc:
+        raise _exists(Path(exc.path), meanwhile=True) from exc
     return [output]
 
 
@@ -122,27 +136,23 @@ def write_sharded(
     index_metadata: dict[str, str],
 ) -> list[str]:
     """Write a sharded checkpoint into ``folder``: every shard, then the index, all renamed
-    into place only when complete. A folder this call created is removed on failure."""
-    created = False
+    into place only when complete. A new folder is built hidden beside its place and renamed
+    into place whole; into an existing folder the files are renamed one by one."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(
             f"output is not a folder in {folder}: a sharded checkpoint is written into a "
             "folder; choose a folder path with -o"
         )
-    if not folder.exists():
-        if not folder.parent.is_dir():
-            raise OutputError(
-                f"missing output folder in {folder}: {folder.parent} does not exist; "
-                "create it first"
-            )
-        folder.mkdir()
-        created = True
-    try:
+    new = not folder.is_dir()
+    if new:
+        _check_folder(folder, folder.parent)
+    else:
         for file in [f for f, _ in shards] + [index_name]:
             check_output(folder / file, inputs, force)
-        weight_map: dict[str, str] = {}
-        total = 0
-        with AtomicGroup() as group:
+    weight_map: dict[str, str] = {}
+    total = 0
+    try:
+        with AtomicGroup(replace=force, new_folder=folder if new else None) as group:
             for file, write in shards:
                 with group.open(folder / file) as f:
                     written = write(f)
@@ -151,8 +161,6 @@ def write_sharded(
             index = {"metadata": {**index_metadata, "total_size": total}, "weight_map": weight_map}
             with group.open(folder / index_name) as f:
                 f.write(json.dumps(index, indent=2).encode() + b"\n")
-    except BaseException:
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+    except OutputConflictError as exc:
+        raise _exists(folder if new else Path(exc.path), meanwhile=True) from exc
     return [str(folder / file) for file, _ in shards] + [str(folder / index_name)]
