@@ -841,3 +841,195 @@ def test_mutated_quantized_files(workdir, data, seed):
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(out_folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# GGUF: the same fuzzing for .gguf files, plus the round trip of whatever is accepted
+#
+# Seeds are written by quant's writer and by llama.cpp's gguf package (with quantized
+# tensors). Structured mutations set one integer field of the header (a count, a length, a
+# value type, a dimension, a ggml type, an offset) to an edge value; the fields are found by
+# the small walker below, which does not use quant's parser.
+
+import gguf  # noqa: E402  (a dev dependency, used only by this block)
+
+from quantcli.io.gguf_file import GGUFReader, GGUFValue, GGUFValueType  # noqa: E402
+from quantcli.io.gguf_writer import save_gguf_bytes, write_copy  # noqa: E402
+
+
+@functools.cache
+def gguf_seeds() -> tuple[bytes, ...]:
+    t = _tensors()
+    V = GGUFValueType
+    fields = {
+        "general.architecture": GGUFValue(V.STRING, "llama"),
+        "general.alignment": GGUFValue(V.UINT32, 16),
+        "n": GGUFValue(V.UINT64, 7),
+        "ok": GGUFValue(V.BOOL, True),
+        "tokens": GGUFValue(V.ARRAY, ["a", "bc", ""], V.STRING),
+        "scores": GGUFValue(V.ARRAY, [0.5, 1.5], V.FLOAT32),
+        "nested": GGUFValue(V.ARRAY, [GGUFValue(V.ARRAY, [1, 2], V.INT8)], V.ARRAY),
+    }
+    plain = {k: v for k, v in t.items() if k not in ("empty", "scalar")}
+    seeds = [
+        save_gguf_bytes(fields, plain),
+        save_gguf_bytes({}, {"w": t["layer.weight"]}),
+        save_gguf_bytes({"k": GGUFValue(V.INT32, -1)}, {}),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "q.gguf")
+        writer = gguf.GGUFWriter(path, "llama")
+        writer.add_array("ids", [1, 2, 3])
+        x = np.random.default_rng(5).standard_normal((2, 64)).astype(np.float32)
+        writer.add_tensor(
+            "q8",
+            gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+            raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+        )
+        writer.add_tensor("w", x)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        seeds.append(Path(path).read_bytes())
+    return tuple(seeds)
+
+
+def gguf_int_fields(raw: bytes) -> list[tuple[int, int]]:
+    """(offset, width) of every integer field of a valid GGUF header, in file order."""
+    fields = [(4, 4), (8, 8), (16, 8)]
+    n_tensors, n_kv = struct.unpack_from("<QQ", raw, 8)
+    pos = 24
+
+    def string(pos: int) -> int:
+        fields.append((pos, 8))
+        return pos + 8 + struct.unpack_from("<Q", raw, pos)[0]
+
+    def value(pos: int, vtype: int) -> int:
+        if vtype == 8:
+            return string(pos)
+        if vtype == 9:
+            item, count = struct.unpack_from("<IQ", raw, pos)
+            fields.extend([(pos, 4), (pos + 4, 8)])
+            pos += 12
+            for _ in range(count):
+                pos = value(pos, item)
+            return pos
+        width = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}[vtype]
+        fields.append((pos, width))
+        return pos + width
+
+    for _ in range(n_kv):
+        pos = string(pos)
+        fields.append((pos, 4))
+        pos = value(pos + 4, struct.unpack_from("<I", raw, pos)[0])
+    for _ in range(n_tensors):
+        pos = string(pos)
+        (n_dims,) = struct.unpack_from("<I", raw, pos)
+        fields.append((pos, 4))
+        pos += 4
+        for _ in range(n_dims):
+            fields.append((pos, 8))
+            pos += 8
+        fields.extend([(pos, 4), (pos + 4, 8)])
+        pos += 12
+    return fields
+
+
+def mutate_gguf(data: st.DataObject, raw: bytes) -> bytes:
+    """A valid GGUF file with one to three header integers set to edge or nearby values."""
+    buf = bytearray(raw)
+    fields = gguf_int_fields(raw)
+    for _ in range(data.draw(st.integers(1, 3), label="field edits")):
+        pos, width = data.draw(st.sampled_from(fields), label="field")
+        old = int.from_bytes(buf[pos : pos + width], "little")
+        new = data.draw(
+            st.one_of(
+                st.sampled_from(INTERESTING_INTS + [3, 4, 13, 31, 39, 41, 42, 63, 64, 99]),
+                st.integers(old - 40, old + 40),
+            ),
+            label="value",
+        )
+        buf[pos : pos + width] = (new % 2 ** (8 * width)).to_bytes(width, "little")
+    return bytes(buf)
+
+
+def read_gguf_everything(path: str) -> None:
+    """Open ``path`` as a command would; for GGUF, also read every tensor's blocks and check
+    that what was accepted is written back with the same fields, tensors and bytes."""
+    try:
+        with open_input(path) as source:
+            for info in source.infos():
+                try:
+                    array = source.read(info.name)
+                except QuantError as exc:  # a quantized tensor: not decoded yet
+                    check_message(exc)
+                    continue
+                assert (array.dtype, array.shape) == (info.dtype, info.shape)
+                assert not array.flags.writeable
+                array.tobytes()
+            if isinstance(source, GGUFReader):
+                copy = io.BytesIO()
+                write_copy(source, copy)
+                again = GGUFReader.from_bytes(copy.getvalue())
+                assert again.fields == source.fields
+                assert again.tensors() == source.tensors()
+                for tensor in source.tensors():
+                    ours = source.read_blocks(tensor.name).blocks
+                    assert ours.tobytes() == again.read_blocks(tensor.name).blocks.tobytes()
+        event("opened and read")
+    except QuantError as exc:
+        check_message(exc)
+    try:
+        inspect_file(path)
+    except QuantError as exc:
+        check_message(exc)
+
+
+@FUZZ
+@given(data=st.data(), seed=st.sampled_from(range(4)), structured=st.booleans())
+def test_mutated_gguf(workdir, data, seed, structured):
+    raw = gguf_seeds()[seed]
+    content = mutate_gguf(data, raw) if structured else mutate_bytes(data, raw)
+    path = workdir / data.draw(st.sampled_from(["input.gguf", "input.bin", "input"]))
+    path.write_bytes(content)
+    try:
+        with watchdog():
+            read_gguf_everything(str(path))
+        assert path.read_bytes() == content, "the input was modified"
+    finally:
+        path.unlink()
+
+
+GGUF_PREFIXES = [
+    b"GGUF",
+    b"GGUF\x03\x00\x00\x00",
+    b"GGUF\x03\x00\x00\x00" + struct.pack("<QQ", 0, 1),
+    b"GGUF\x03\x00\x00\x00" + struct.pack("<QQ", 1, 0),
+    b"GGUF\x02\x00\x00\x00" + struct.pack("<QQ", 1, 1),
+]
+
+
+@FUZZ
+@given(
+    prefix=st.sampled_from(GGUF_PREFIXES),
+    content=st.binary(max_size=600),
+    suffix=st.sampled_from([".gguf", ""]),
+)
+def test_random_bytes_after_the_gguf_magic(workdir, prefix, content, suffix):
+    fuzz_file(workdir, suffix, prefix + content)
+
+
+@FUZZ
+@given(data=st.data())
+def test_gguf_on_stdin(data):
+    content = mutate_bytes(data, data.draw(st.sampled_from(gguf_seeds())))
+    with watchdog():
+        try:
+            with mock.patch.object(sys, "stdin", FakeStdin(content)), open_input("-") as source:
+                for info in source.infos():
+                    if isinstance(source, GGUFReader):
+                        source.read_blocks(info.name).blocks.tobytes()
+            event("opened and read")
+        except QuantError as exc:
+            check_message(exc)

@@ -60,7 +60,7 @@ Input = Annotated[
     str,
     typer.Argument(
         metavar="INPUT",
-        help="A .npy, .npz or .safetensors file, a sharded checkpoint (its "
+        help="A .npy, .npz, .safetensors or .gguf file, a sharded checkpoint (its "
         "*.safetensors.index.json, or the folder holding it), or - for standard input.",
         show_default=False,
     ),

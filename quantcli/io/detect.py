@@ -5,6 +5,7 @@ opens and a text file named ``.safetensors`` is refused clearly:
 
     b"\\x93NUMPY"                         .npy
     b"PK\\x03\\x04" or b"PK\\x05\\x06"        .npz (a zip archive; the second is an empty one)
+    b"GGUF"                             .gguf (llama.cpp)
     8-byte LE length, then b"{"         .safetensors
 """
 
@@ -18,6 +19,7 @@ import sys
 from typing import BinaryIO
 
 from quantcli.errors import FormatError, InputError
+from quantcli.io.gguf_file import GGUF_MAGIC, GGUFReader
 from quantcli.io.numpy_files import NPY_MAGIC, ZIP_MAGICS, NpyReader, NpzReader
 from quantcli.io.safetensors_file import MAX_HEADER_SIZE, SafetensorsReader
 from quantcli.io.sharded import INDEX_SUFFIX, ShardedReader
@@ -25,11 +27,11 @@ from quantcli.io.source import TensorSource
 
 STDIN = "-"
 _SNIFF_SIZE = 9
-_FORMATS = "quant reads .safetensors (also sharded), .npy and .npz files"
+_FORMATS = "quant reads .safetensors (also sharded), .gguf, .npy and .npz files"
 
 
 def sniff(first_bytes: bytes, total_size: int) -> str | None:
-    """Name the format ("npy", "npz", "safetensors") that ``first_bytes`` start, else None.
+    """Name the format ("npy", "npz", "gguf", "safetensors") that ``first_bytes`` start, else None.
 
     ``first_bytes`` needs at least 9 bytes to recognise safetensors; ``total_size`` is the
     size of the whole input, used to check that the header length is plausible.
@@ -38,6 +40,8 @@ def sniff(first_bytes: bytes, total_size: int) -> str | None:
         return "npy"
     if first_bytes.startswith(ZIP_MAGICS):
         return "npz"
+    if first_bytes.startswith(GGUF_MAGIC):
+        return "gguf"
     if len(first_bytes) >= 9 and first_bytes[8:9] == b"{":
         (header_len,) = struct.unpack("<Q", first_bytes[:8])
         if 2 <= header_len <= min(MAX_HEADER_SIZE, total_size - 8):
@@ -119,8 +123,11 @@ def _open_file(path: str) -> TensorSource:
         return NpyReader(path)
     if kind == "npz":
         return NpzReader(path)
+    # For a damaged file named .gguf or .safetensors, the header checks say precisely what
+    # is wrong.
+    if kind == "gguf" or (kind is None and path.endswith(".gguf")):
+        return GGUFReader(path)
     if kind == "safetensors" or path.endswith(".safetensors"):
-        # For a damaged file named .safetensors, the header checks say precisely what is wrong.
         return SafetensorsReader(path)
     raise _unknown_format(path, first)
 
@@ -133,6 +140,8 @@ def _open_bytes(data: bytes, label: str, name: str | None) -> TensorSource:
         return NpyReader(data, label=label, name=name)
     if kind == "npz":
         return NpzReader(data, label=label)
+    if kind == "gguf":
+        return GGUFReader.from_bytes(data, label=label)
     if kind == "safetensors":
         return SafetensorsReader.from_bytes(data, label=label)
     raise _unknown_format(label, data[:_SNIFF_SIZE])
@@ -140,8 +149,8 @@ def _open_bytes(data: bytes, label: str, name: str | None) -> TensorSource:
 
 def _unknown_format(label: str, first: bytes) -> FormatError:
     return FormatError(
-        f"unknown format in {label}: it starts with {first[:8]!r}, which is no .npy, .npz or "
-        f".safetensors header; {_FORMATS}"
+        f"unknown format in {label}: it starts with {first[:8]!r}, which is no .npy, .npz, "
+        f".safetensors or .gguf header; {_FORMATS}"
     )
 
 

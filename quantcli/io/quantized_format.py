@@ -20,7 +20,7 @@ Kept tensors are stored under their own name, byte for byte. The header's ``__me
 holds ``quant.format`` = "quantcli", ``quant.format_version``, ``quant.producer``,
 ``quant.tensors`` (a JSON object: NAME -> spec fields + original ``shape`` and ``dtype``),
 ``quant.source_metadata`` (the input file's own metadata, as JSON, restored by decompress)
-and ``quant.source_format`` (npy, npz or safetensors). A sharded output repeats these keys in
+and ``quant.source_format`` (npy, npz, safetensors or gguf). A sharded output repeats these keys in
 its index's ``metadata`` for all of its tensors.
 """
 
@@ -121,7 +121,8 @@ def header_metadata(
 ) -> dict[str, str]:
     """The ``__metadata__`` of a quantized file holding ``entries``.
 
-    source_format: ``npy``, ``npz`` or ``safetensors``, so decompress can default to it.
+    source_format: ``npy``, ``npz``, ``safetensors`` or ``gguf``, so decompress can default to
+    it (to safetensors for gguf).
     """
     version_1 = all(e.spec.scheme in VERSION_1_SCHEMES for e in entries)
     return {
@@ -185,7 +186,7 @@ def source_metadata(metadata: dict[str, str]) -> dict[str, str]:
 
 
 def source_format(metadata: dict[str, str]) -> str:
-    """The input format compress read (npy, npz or safetensors)."""
+    """The input format compress read (npy, npz, safetensors or gguf)."""
     return metadata.get(KEY_SOURCE_FORMAT, "safetensors")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from quantcli.errors import InputError, QuantError, QuantizedFormatError
+from quantcli.io.gguf_file import GGUFReader
 from quantcli.io.numpy_files import NpyReader, NpzReader
 from quantcli.io.quantized_format import is_quantized, read_entries
 from quantcli.io.safetensors_file import SafetensorsReader
@@ -13,11 +14,13 @@ from quantcli.io.source import TensorSource
 
 
 def format_of(source: TensorSource) -> str:
-    """``npy``, ``npz`` or ``safetensors`` (a sharded checkpoint is safetensors too)."""
+    """``npy``, ``npz``, ``gguf`` or ``safetensors`` (a sharded checkpoint is safetensors too)."""
     if isinstance(source, NpyReader):
         return "npy"
     if isinstance(source, NpzReader):
         return "npz"
+    if isinstance(source, GGUFReader):
+        return "gguf"
     return "safetensors"
 
 
