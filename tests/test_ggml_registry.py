@@ -38,6 +38,7 @@ def test_ids_and_sizes_are_ggufs(name):
 def test_bits_per_weight():
     bpw = {name: t.bits_per_weight for name, t in GGML_TYPES.items()}
     expected = {"Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5, "MXFP4": 4.25}
+    expected |= {"Q2_K": 2.625, "Q3_K": 3.4375, "Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.5625}
     for name, bits in expected.items():
         assert bpw[name] == bits
 
@@ -54,6 +55,15 @@ def test_rows_must_fit_whole_blocks(name):
     assert isinstance(info.value, SpecError) and isinstance(info.value, QuantError)
     with pytest.raises(BlockSizeError):
         t.decode(np.zeros((2, t.block_bytes * 3), np.uint8), n)
+
+
+def test_a_k_quant_error_names_llama_cpps_fallback():
+    with pytest.raises(BlockSizeError) as info:
+        encode(np.ones((1, 4128), np.float32), "Q4_K")
+    assert str(info.value).endswith(
+        "row size (4128) is not a multiple of Q4_K block size (256); "
+        "choose another type (llama.cpp would store it as Q5_0)"
+    )
 
 
 def test_the_error_message_gives_the_way_out():
@@ -76,8 +86,6 @@ def test_fallback_table_is_llama_quants():
     }
     for name, fallback in FALLBACK_TYPES.items():
         assert GGML_TYPES[fallback].block_size == 32
-        if name not in GGML_TYPES:
-            continue
         assert fallback_type(name, 4096) == name
         assert fallback_type(name, 4096 + 32) == fallback
         assert fallback_type(name, 4096 + 16) == "F16"

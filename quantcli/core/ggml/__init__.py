@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantcli.core.ggml import legacy, mxfp4
+from quantcli.core.ggml import legacy, mxfp4, q2_k, q3_k, q4_k, q6_k
 from quantcli.core.parallel import map_chunks
 from quantcli.errors import InputError, NonFiniteError, SpecError
 
@@ -32,6 +32,7 @@ BlockCodec = Callable[[np.ndarray, np.ndarray], None]
 
 # float32 elements a chunk holds: its temporaries stay in the L2 cache
 LEGACY_CHUNK_ELEMENTS = 1 << 17
+K_CHUNK_ELEMENTS = 1 << 16
 
 
 class BlockSizeError(SpecError):
@@ -161,6 +162,11 @@ GGML_TYPES: dict[str, GGMLType] = {
         GGMLType("Q5_0", 6, 32, 22, legacy.encode_q5_0, legacy.decode_q5_0),
         GGMLType("Q5_1", 7, 32, 24, legacy.encode_q5_1, legacy.decode_q5_1),
         GGMLType("Q8_0", 8, 32, 34, legacy.encode_q8_0, legacy.decode_q8_0),
+        GGMLType("Q2_K", 10, 256, 84, q2_k.encode_q2_k, q2_k.decode_q2_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q3_K", 11, 256, 110, q3_k.encode_q3_k, q3_k.decode_q3_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q4_K", 12, 256, 144, q4_k.encode_q4_k, q4_k.decode_q4_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q5_K", 13, 256, 176, q4_k.encode_q5_k, q4_k.decode_q5_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q6_K", 14, 256, 210, q6_k.encode_q6_k, q6_k.decode_q6_k, K_CHUNK_ELEMENTS),
         GGMLType("MXFP4", 39, 32, 17, mxfp4.encode_mxfp4, mxfp4.decode_mxfp4),
     )
 }

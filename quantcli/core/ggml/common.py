@@ -56,3 +56,44 @@ def sum_rows(a: np.ndarray) -> np.ndarray:
     ``((a[0] + a[1]) + a[2]) + ...``, as C's ``for`` loops accumulate: NumPy reduces the
     outer axis of a contiguous array row by row (over the inner axis it sums pairwise)."""
     return np.add.reduce(np.ascontiguousarray(a), axis=0)
+
+
+def _einsum_sums_in_order() -> bool:
+    """Whether ``np.einsum("is,is->s")`` rounds each product to float32 and adds them in
+    index order, as ``dot_rows`` needs: true of NumPy's plain C loops; a build whose kernel
+    fuses multiply and add (FMA) would not be, and is detected here on random data."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((2, 32, 256)) * 10.0 ** rng.uniform(-4, 4, (2, 32, 256))).astype(
+        np.float32
+    )
+    expected = a[0] * b[0]
+    for i in range(1, a.shape[0]):
+        expected += a[i] * b[i]
+    return bool(np.array_equal(np.einsum("is,is->s", a, b, optimize=False), expected))
+
+
+_EINSUM_IN_ORDER: bool | None = None
+
+
+def dot_rows(a: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``sum_rows(a * b)`` for C-contiguous float32 (n, m) arrays: each product rounded to
+    float32, then summed over axis 0 in index order. ``np.einsum`` does both in one pass when
+    it is exact (checked once); otherwise the product goes through ``scratch`` (n, m)."""
+    global _EINSUM_IN_ORDER
+    if _EINSUM_IN_ORDER is None:
+        _EINSUM_IN_ORDER = _einsum_sums_in_order()
+    if _EINSUM_IN_ORDER:
+        return np.einsum("is,is->s", a, b, optimize=False)
+    return np.add.reduce(np.multiply(a, b, out=scratch), axis=0)
+
+
+def nearest_int(v: np.ndarray) -> np.ndarray:
+    """ggml's ``nearest_int`` of float32 ``v``, bit for bit, as float32: add 1.5 * 2**23 and
+    read the low 22 mantissa bits. Within +-4194303 (its asserted domain) this is round half
+    to even, ``np.rint``; beyond it, and for inf and NaN, it gives the same wrapped integers
+    as the C code built without assertions."""
+    shifted = np.add(v, F32(12582912.0))
+    bits = shifted.view(np.int32)
+    np.bitwise_and(bits, 0x007FFFFF, out=bits)
+    np.subtract(bits, 0x00400000, out=bits)
+    return bits.astype(np.float32)
