@@ -1,0 +1,219 @@
+"""llama.cpp's ggml block types as NumPy codecs: float32 rows <-> GGUF tensor bytes.
+
+``GGML_TYPES`` is the registry: for each type its ggml type id (``enum ggml_type`` in
+ggml.h, gguf-py's ``GGMLQuantizationType``), block size in elements, bytes per block, and an
+encoder and a decoder. The encoders reproduce llama.cpp's reference quantizers (the ones
+``llama-quantize`` runs without an importance matrix) and the decoders its dequantizers; the
+block layouts are described in each family's module and in docs/GGUF.md.
+
+    from quantcli.core.ggml import GGML_TYPES
+    q4k = GGML_TYPES["Q4_K"]
+    raw = q4k.encode(w)            # float32 (rows, n) -> uint8 (rows, n // 256 * 144)
+    w_hat = q4k.decode(raw, n)     # -> float32 (rows, n)
+
+A row whose length is not a multiple of the block is refused (``BlockSizeError``): choosing
+another type is the caller's decision, and ``FALLBACK_TYPES`` / ``fallback_type`` give
+llama.cpp's choice. Work is done in cache-sized chunks of whole blocks (on ``QUANT_THREADS``
+threads when set); results do not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantcli.core.ggml import legacy, mxfp4, q2_k, q3_k, q4_k, q6_k
+from quantcli.core.parallel import map_chunks
+from quantcli.errors import InputError, NonFiniteError, SpecError
+
+BlockCodec = Callable[[np.ndarray, np.ndarray], None]
+
+# float32 elements a chunk holds: its temporaries stay in the L2 cache
+LEGACY_CHUNK_ELEMENTS = 1 << 17
+K_CHUNK_ELEMENTS = 1 << 16
+
+
+class BlockSizeError(SpecError):
+    """A row's length is not a multiple of the ggml type's block size."""
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    """One ggml block type.
+
+    encode_blocks(x float32 (n, block_size), out uint8 (n, block_bytes)) and
+    decode_blocks(raw uint8 (n, block_bytes), out float32 (n, block_size)) work on whole
+    blocks; ``encode`` and ``decode`` take rows of any leading shape.
+    """
+
+    name: str
+    type_id: int
+    block_size: int
+    block_bytes: int
+    encode_blocks: BlockCodec
+    decode_blocks: BlockCodec
+    chunk_elements: int = LEGACY_CHUNK_ELEMENTS
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.block_bytes * 8 / self.block_size
+
+    def row_bytes(self, n: int) -> int:
+        """Bytes a row of ``n`` elements takes (``n`` a multiple of the block size)."""
+        return n // self.block_size * self.block_bytes
+
+    def check_row_size(self, n: int, name: str = "tensor") -> None:
+        """Raise BlockSizeError unless rows of ``n`` elements fit whole blocks."""
+        if n % self.block_size:
+            fallback = fallback_type(self.name, n)
+            advice = (
+                f"llama.cpp would store it as {fallback}"
+                if fallback
+                else "or keep the tensor unquantized"
+            )
+            raise BlockSizeError(
+                f"{self.name} in tensor {name}: row size ({n}) is not a multiple of "
+                f"{self.name} block size ({self.block_size}); choose another type "
+                f"({advice})"
+            )
+
+    def encode(self, x: np.ndarray, name: str = "tensor") -> np.ndarray:
+        """Quantize float rows ``x`` (..., n) (float32, or a float dtype converted to it) into
+        uint8 (..., n // block_size * block_bytes).
+
+        Raises BlockSizeError when n is not a multiple of the block size, InputError for
+        non-float input and NonFiniteError when ``x`` holds NaN or inf.
+        """
+        x = np.asarray(x)
+        if x.ndim == 0:
+            raise InputError(f"scalar tensor {name}: {self.name} needs rows; reshape it to (1, n)")
+        if x.dtype.kind != "f" and x.dtype.name != "bfloat16":
+            raise InputError(
+                f"unsupported dtype {x.dtype} in tensor {name}: only float tensors can be "
+                f"stored as {self.name}; convert it first"
+            )
+        n = x.shape[-1]
+        self.check_row_size(n, name)
+        blocks = x.reshape(-1, self.block_size)
+        out = np.empty((blocks.shape[0], self.block_bytes), np.uint8)
+        step = max(1, self.chunk_elements // self.block_size)
+
+        def run(start: int) -> None:
+            part = blocks[start : start + step]
+            part = part if part.dtype == np.float32 else part.astype(np.float32)
+            lo, hi = part.min(initial=0.0), part.max(initial=0.0)
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise _nonfinite_error(x, name)
+            # as in llama.cpp, scales of huge weights overflow float16 to inf, and 1 / d
+            # overflows for tiny ones (its codes then come from casting inf and NaN)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self.encode_blocks(np.ascontiguousarray(part), out[start : start + step])
+
+        map_chunks(run, range(0, blocks.shape[0], step))
+        return out.reshape(x.shape[:-1] + (self.row_bytes(n),))
+
+    def decode(self, raw: np.ndarray, n: int, name: str = "tensor") -> np.ndarray:
+        """Restore float32 (..., n) from uint8 rows ``raw`` (..., n // block_size *
+        block_bytes).
+
+        Raises BlockSizeError when n is not a multiple of the block size and InputError when
+        the byte count does not match n.
+        """
+        raw = np.asarray(raw)
+        self.check_row_size(n, name)
+        if raw.dtype != np.uint8 or raw.ndim == 0 or raw.shape[-1] != self.row_bytes(n):
+            got = raw.shape[-1] if raw.ndim else 0
+            raise InputError(
+                f"{self.name} data of tensor {name}: {raw.dtype} rows of {got} bytes, "
+                f"expected uint8 rows of {self.row_bytes(n)} bytes for {n} elements; "
+                "check the tensor's type and shape"
+            )
+        blocks = raw.reshape(-1, self.block_bytes)
+        out = np.empty((blocks.shape[0], self.block_size), np.float32)
+        step = max(1, self.chunk_elements // self.block_size)
+
+        def run(start: int) -> None:
+            part = np.ascontiguousarray(blocks[start : start + step])
+            # inf and NaN scales in the data decode to inf and NaN, as in llama.cpp
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.decode_blocks(part, out[start : start + step])
+
+        map_chunks(run, range(0, blocks.shape[0], step))
+        return out.reshape(raw.shape[:-1] + (n,))
+
+
+def _nonfinite_error(x: np.ndarray, name: str) -> NonFiniteError:
+    x = np.asarray(x, np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    nan = int(np.count_nonzero(np.isnan(x)))
+    return NonFiniteError(
+        f"{bad} non-finite values ({nan} NaN, {bad - nan} inf) in tensor {name}: "
+        "they cannot be quantized; fix the weights, or keep this tensor unquantized"
+    )
+
+
+GGML_TYPES: dict[str, GGMLType] = {
+    t.name: t
+    for t in (
+        GGMLType("Q4_0", 2, 32, 18, legacy.encode_q4_0, legacy.decode_q4_0),
+        GGMLType("Q4_1", 3, 32, 20, legacy.encode_q4_1, legacy.decode_q4_1),
+        GGMLType("Q5_0", 6, 32, 22, legacy.encode_q5_0, legacy.decode_q5_0),
+        GGMLType("Q5_1", 7, 32, 24, legacy.encode_q5_1, legacy.decode_q5_1),
+        GGMLType("Q8_0", 8, 32, 34, legacy.encode_q8_0, legacy.decode_q8_0),
+        GGMLType("Q2_K", 10, 256, 84, q2_k.encode_q2_k, q2_k.decode_q2_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q3_K", 11, 256, 110, q3_k.encode_q3_k, q3_k.decode_q3_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q4_K", 12, 256, 144, q4_k.encode_q4_k, q4_k.decode_q4_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q5_K", 13, 256, 176, q4_k.encode_q5_k, q4_k.decode_q5_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q6_K", 14, 256, 210, q6_k.encode_q6_k, q6_k.decode_q6_k, K_CHUNK_ELEMENTS),
+        GGMLType("MXFP4", 39, 32, 17, mxfp4.encode_mxfp4, mxfp4.decode_mxfp4),
+    )
+}
+
+GGML_TYPES_BY_ID: dict[int, GGMLType] = {t.type_id: t for t in GGML_TYPES.values()}
+
+# llama.cpp's choice (tensor_type_fallback in src/llama-quant.cpp) when a row does not fit a
+# K-quant's 256-element super-block; if the fallback's 32-element block does not fit
+# either, it stores the tensor as F16. The other types have no fallback there.
+FALLBACK_TYPES: dict[str, str] = {
+    "Q2_K": "Q4_0",
+    "Q3_K": "Q4_0",
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_1",
+    "Q6_K": "Q8_0",
+}
+
+
+def fallback_type(name: str, n: int) -> str | None:
+    """The type llama.cpp stores rows of ``n`` elements in when ``name`` is asked for:
+    ``name`` itself when its block divides n, else its fallback type when that one's block
+    does, else "F16"; None when ``name`` has no fallback (llama.cpp then refuses)."""
+    if n % GGML_TYPES[name].block_size == 0:
+        return name
+    fallback = FALLBACK_TYPES.get(name)
+    if fallback is None:
+        return None
+    return fallback if n % GGML_TYPES[fallback].block_size == 0 else "F16"
+
+
+def encode(x: np.ndarray, type_name: str, name: str = "tensor") -> np.ndarray:
+    """``GGML_TYPES[type_name].encode(x, name)``."""
+    return GGML_TYPES[type_name].encode(x, name)
+
+
+def decode(raw: np.ndarray, type_name: str, n: int, name: str = "tensor") -> np.ndarray:
+    """``GGML_TYPES[type_name].decode(raw, n, name)``."""
+    return GGML_TYPES[type_name].decode(raw, n, name)
+
+
+__all__ = [
+    "FALLBACK_TYPES",
+    "GGML_TYPES",
+    "GGML_TYPES_BY_ID",
+    "BlockSizeError",
+    "GGMLType",
+    "decode",
+    "encode",
+    "fallback_type",
+]

@@ -1,0 +1,99 @@
+"""Arithmetic shared by the ggml block codecs: float16 fields, ggml's two rounding rules,
+sums in C's order.
+
+Every function works on float32 and keeps float32 intermediates, because the codecs reproduce
+llama.cpp's C reference (``ggml-quants.c``, compiled without FMA contraction, as its CPU-neutral
+``ggml-base`` library is) operation by operation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+F32_ZERO = F32(0.0)
+
+
+def f16_bytes(d: np.ndarray, out: np.ndarray) -> None:
+    """Store float32 ``d`` (n,) as little-endian IEEE float16 into uint8 ``out`` (n, 2).
+
+    NumPy's cast rounds to nearest even and overflows to inf, as ggml's
+    ``GGML_FP32_TO_FP16`` does (NaN never reaches it: encoders refuse non-finite input).
+    """
+    out[...] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+
+
+def f16_values(raw: np.ndarray) -> np.ndarray:
+    """float32 (n, 1) from the uint8 (n, 2) bytes of a float16 field of n blocks."""
+    return np.ascontiguousarray(raw).view("<f2").astype(np.float32)
+
+
+def inverse_or_zero(d: np.ndarray) -> np.ndarray:
+    """``d ? 1.0f/d : 0.0f`` elementwise, float32 (n,) -> float32 (n,).
+
+    1/d overflows to inf for d below 2**-128, as it does in C; the encoders then produce the
+    same codes as the C code (NumPy's float-to-int casts behave like x86's there).
+    """
+    inv = np.zeros_like(d)
+    with np.errstate(over="ignore"):
+        np.divide(F32(1.0), d, out=inv, where=d != 0)
+    return inv
+
+
+def round_half_away(v: np.ndarray) -> np.ndarray:
+    """C's ``roundf`` (ties away from zero) of float32 ``v``, exactly: ``t + trunc(2 (v - t))``
+    with ``t = trunc(v)``, since ``v - t`` and its double are exact in float32. (Adding 0.5
+    and truncating is wrong for v just below k + 0.5, where the sum rounds up to k + 1.)"""
+    t = np.trunc(v)
+    frac2 = np.subtract(v, t)
+    np.add(frac2, frac2, out=frac2)
+    np.trunc(frac2, out=frac2)
+    return np.add(t, frac2, out=t)
+
+
+def sum_rows(a: np.ndarray) -> np.ndarray:
+    """Sum of a C-contiguous (n, m) float32 array over axis 0 in index order,
+    ``((a[0] + a[1]) + a[2]) + ...``, as C's ``for`` loops accumulate: NumPy reduces the
+    outer axis of a contiguous array row by row (over the inner axis it sums pairwise)."""
+    return np.add.reduce(np.ascontiguousarray(a), axis=0)
+
+
+def _einsum_sums_in_order() -> bool:
+    """Whether ``np.einsum("is,is->s")`` rounds each product to float32 and adds them in
+    index order, as ``dot_rows`` needs: true of NumPy's plain C loops; a build whose kernel
+    fuses multiply and add (FMA) would not be, and is detected here on random data."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((2, 32, 256)) * 10.0 ** rng.uniform(-4, 4, (2, 32, 256))).astype(
+        np.float32
+    )
+    expected = a[0] * b[0]
+    for i in range(1, a.shape[0]):
+        expected += a[i] * b[i]
+    return bool(np.array_equal(np.einsum("is,is->s", a, b, optimize=False), expected))
+
+
+_EINSUM_IN_ORDER: bool | None = None
+
+
+def dot_rows(a: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``sum_rows(a * b)`` for C-contiguous float32 (n, m) arrays: each product rounded to
+    float32, then summed over axis 0 in index order. ``np.einsum`` does both in one pass when
+    it is exact (checked once); otherwise the product goes through ``scratch`` (n, m)."""
+    global _EINSUM_IN_ORDER
+    if _EINSUM_IN_ORDER is None:
+        _EINSUM_IN_ORDER = _einsum_sums_in_order()
+    if _EINSUM_IN_ORDER:
+        return np.einsum("is,is->s", a, b, optimize=False)
+    return np.add.reduce(np.multiply(a, b, out=scratch), axis=0)
+
+
+def nearest_int(v: np.ndarray) -> np.ndarray:
+    """ggml's ``nearest_int`` of float32 ``v``, bit for bit, as float32: add 1.5 * 2**23 and
+    read the low 22 mantissa bits. Within +-4194303 (its asserted domain) this is round half
+    to even, ``np.rint``; beyond it, and for inf and NaN, it gives the same wrapped integers
+    as the C code built without assertions."""
+    shifted = np.add(v, F32(12582912.0))
+    bits = shifted.view(np.int32)
+    np.bitwise_and(bits, 0x007FFFFF, out=bits)
+    np.subtract(bits, 0x00400000, out=bits)
+    return bits.astype(np.float32)

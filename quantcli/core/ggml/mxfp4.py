@@ -1,0 +1,70 @@
+"""MXFP4 (ggml type 39): blocks of 32 E2M1 values under one E8M0 power-of-two scale.
+
+Layout ``{u8 e; u8 qs[16]}``, 17 bytes = 4.25 bits per weight; element j is the low nibble and
+j + 16 the high nibble of byte j. A code indexes ggml's ``kvalues_mxfp4`` (the E2M1 values
+doubled: 0 1 2 3 4 6 8 12, then the same negated, 0 first), and x = kvalue * d with
+d = 2**(e - 128), half the E8M0 scale 2**(e - 127).
+
+Encoding as ``quantize_row_mxfp4_ref``: e = floor(log2(amax)) - 2 + 127 (0 for a zero block)
+and each element takes the code of least |kvalue * d - x|, the lowest code on a tie (so a
+tie goes toward zero). Only the two grid points around |x| / d can win, so the encoder
+compares those two errors, computed in float32 as C computes them, instead of all 16.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantcli.core.ggml.common import F32
+from quantcli.core.ggml.legacy import pack_nibbles, unpack_nibbles
+
+KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
+GRID = KVALUES[:8]
+# the grid point at or below a, for a = |x| / d in [0, 16), indexed by floor(a)
+GRID_BELOW = np.array([0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7], np.uint8)
+
+
+def e8m0_half(e: np.ndarray) -> np.ndarray:
+    """2**(e - 128) as float32, from uint8 exponents ``e`` (any shape), as
+    ``ggml_e8m0_to_fp32_half``: subnormal for e < 2."""
+    e32 = e.astype(np.uint32)
+    bits = np.where(e32 < 2, np.uint32(0x00200000) << e32, (e32 - 1) << 23)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def shared_exponent(amax: np.ndarray) -> np.ndarray:
+    """uint8 e = floor(log2(amax)) - 2 + 127, 0 where amax is 0; float32 (n,) -> uint8 (n,).
+
+    Computed as gguf-py computes it (float32 log2, then a cast that wraps below 0 as x86's
+    conversion does for C's ``(uint8_t)``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.where(amax > 0, np.floor(np.log2(amax)) - F32(2) + F32(127), F32(0))
+        return e.astype(np.uint8)
+
+
+def encode_mxfp4(x: np.ndarray, out: np.ndarray) -> None:
+    """float32 (n, 32) -> uint8 (n, 17) ``out``."""
+    ax = np.abs(x)
+    e = shared_exponent(ax.max(axis=1))
+    d = e8m0_half(e)[:, None]
+    # |x| / d exactly (d is a power of two): which two grid points bracket |x|
+    a = np.ldexp(ax, (128 - e.astype(np.int32))[:, None])
+    np.floor(a, out=a)
+    np.minimum(a, F32(15), out=a)
+    lower = GRID_BELOW[a.astype(np.intp)]
+    upper = np.minimum(lower + 1, 7, dtype=np.uint8)
+    err_lower = np.abs(GRID[lower] * d - ax)
+    err_upper = np.abs(GRID[upper] * d - ax)
+    code = np.where(err_upper < err_lower, upper, lower)
+    # negative values take the negated grid point, 8 codes on, except 0 (code 0 comes first)
+    code += ((x < 0) & (code > 0)).view(np.uint8) << 3
+    out[:, 0] = e
+    pack_nibbles(code, out[:, 1:])
+
+
+def decode_mxfp4(raw: np.ndarray, out: np.ndarray) -> None:
+    """uint8 (n, 17) -> float32 (n, 32) ``out``: kvalue * d."""
+    codes = np.empty(out.shape, np.uint8)
+    unpack_nibbles(raw[:, 1:], codes)
+    np.take(KVALUES, codes, out=out)
+    np.multiply(out, e8m0_half(raw[:, :1]), out=out)
