@@ -1033,3 +1033,97 @@ def test_gguf_on_stdin(data):
             event("opened and read")
         except QuantError as exc:
             check_message(exc)
+
+
+# -- compressed-tensors model folders -------------------------------------------------------
+
+CT_CONFIG = {"model_type": "llama", "vocab_size": 40, "architectures": ["LlamaForCausalLM"]}
+
+
+@functools.cache
+def compressed_tensors_seeds() -> tuple[tuple[str, dict[str, bytes]], ...]:
+    """Model folders written by quant compress: (name, {file: bytes}), symmetric and
+    asymmetric, one file and sharded."""
+    rng = np.random.default_rng(7)
+    tensors = {
+        "model.embed_tokens.weight": rng.standard_normal((40, 32)).astype(np.float32),
+        "model.layers.0.q_proj.weight": rng.standard_normal((24, 64)).astype(np.float32),
+        "model.layers.0.o_proj.weight": rng.standard_normal((33, 32)).astype(np.float32),
+        "model.norm.weight": np.ones(32, np.float32),
+    }
+    seeds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scheme in ("absmax", "zeropoint"):
+            for sharded in (False, True):
+                src = Path(tmp) / f"src-{scheme}-{sharded}"
+                src.mkdir()
+                (src / "config.json").write_text(json.dumps(CT_CONFIG))
+                (src / "tokenizer.json").write_text("{}")
+                if sharded:
+                    names = sorted(tensors)
+                    weight_map = {}
+                    for i, part in enumerate((names[:2], names[2:])):
+                        file = f"model-{i}.safetensors"
+                        _write(src / file, save_bytes({n: tensors[n] for n in part}))
+                        weight_map.update(dict.fromkeys(part, file))
+                    index = {"metadata": {}, "weight_map": weight_map}
+                    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+                else:
+                    _write(src / "model.safetensors", save_bytes(tensors))
+                out = Path(tmp) / f"out-{scheme}-{sharded}"
+                spec = QuantSpec(scheme=scheme, bits=4, granularity="group", group_size=32)
+                compress(str(src), str(out), Selector(spec, min_elements=1))
+                files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+                seeds.append((f"{scheme}-{'sharded' if sharded else 'single'}", files))
+    return tuple(seeds)
+
+
+@FUZZ
+@given(data=st.data(), seed=st.sampled_from(range(4)))
+def test_mutated_compressed_tensors_folders(workdir, data, seed):
+    """A damaged config.json (its quantization_config above all) or weight file: decompress,
+    inspect and report --against either work or say what is wrong in one line, write
+    nothing on failure and never touch the input."""
+    _, files = compressed_tensors_seeds()[seed]
+    files = dict(files)
+    target = data.draw(st.sampled_from(sorted(files)), label="file")
+    if target == "config.json":
+        config = json.loads(files[target])
+        if data.draw(st.booleans(), label="whole quantization_config"):
+            config["quantization_config"] = mutate_json(data, config["quantization_config"])
+        else:
+            group = config["quantization_config"]["config_groups"]["group_0"]
+            key = data.draw(st.sampled_from(sorted(group["weights"])), label="key")
+            group["weights"][key] = data.draw(json_values, label="value")
+        files[target] = json.dumps(config).encode()
+    elif target.endswith(".json"):
+        files[target] = json.dumps(mutate_json(data, json.loads(files[target]))).encode()
+    elif data.draw(st.booleans(), label="structured"):
+        files[target] = mutate_safetensors_header(data, files[target])
+    else:
+        files[target] = mutate_bytes(data, files[target])
+    folder = Path(tempfile.mkdtemp(dir=workdir))
+    out_folder = Path(tempfile.mkdtemp(dir=workdir))
+    for file, content in files.items():
+        _write(folder / file, content)
+    output = out_folder / "restored"
+    try:
+        with watchdog():
+            try:
+                decompress(str(folder), str(output), force=True)
+                event("decompressed")
+            except QuantError as exc:
+                check_message(exc, usage_ok=True)
+                assert not output.exists(), "a failed decompress left an output"
+            try:
+                inspect_file(str(folder))
+                event("inspected")
+            except QuantError as exc:
+                check_message(exc)
+        leftovers = [p.name for p in out_folder.iterdir() if p.name.startswith(".")]
+        assert not leftovers, f"temp folders left behind: {leftovers}"
+        for file, content in files.items():
+            assert (folder / file).read_bytes() == content, f"{file} was modified"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(out_folder, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -23,6 +24,11 @@ from quantcli.cli.options import (
     check_percentile,
 )
 from quantcli.errors import UsageError
+
+
+class OutputFormat(str, Enum):
+    compressed_tensors = "compressed-tensors"
+    quant = "quant"
 
 
 @app.command()
@@ -97,6 +103,18 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    format: Annotated[
+        OutputFormat | None,
+        typer.Option(
+            "--format",
+            case_sensitive=False,
+            help="Output format: compressed-tensors (a model folder that transformers and "
+            "vLLM load; needs a model folder as INPUT) or quant (quant's own format). "
+            "Default: compressed-tensors for a model folder (config.json beside the "
+            "weights), quant otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     include: Include = None,
     exclude: Exclude = None,
     min_elements: MinElements = 1024,
@@ -116,10 +134,16 @@ def compress(
 ) -> None:
     """Quantize INPUT and write the codes, scales and zero points as a safetensors file.
 
+    A model folder (config.json beside its weights) gives a model folder, its other files
+    carried over; by default in the compressed-tensors format, where only Linear weights are
+    quantized (4 or 8 bits, per channel or per group).
+
     Prints the error report (one row per tensor, with the totals) on stderr; --json prints
     the same facts on stdout.
 
     Example: quant compress model.safetensors --scheme zeropoint --bits 4 --granularity group
+
+    Example: quant compress my-model/ -o my-model-w4 --bits 4 --granularity group
     """
     from quantcli.cli.render import print_json, progress_bar
     from quantcli.cli.tables import compress_json, compress_table
@@ -146,8 +170,23 @@ def compress(
     )
     selector = Selector(spec, tuple(include or ()), tuple(exclude or ()), min_elements)
     with progress_bar("quantizing", enabled=not quiet) as advance:
-        result = run_compress(input, output, selector, nonfinite.value, force, advance)
+        result = run_compress(
+            input,
+            output,
+            selector,
+            nonfinite.value,
+            force,
+            advance,
+            format=None if format is None else format.value,
+        )
     if json:
         print_json(compress_json(result))
     if not quiet:
         compress_table(result)
+        if result.carried or result.skipped:
+            from quantcli.cli.render import err_console
+
+            line = f"{result.format} model folder; carried over: {', '.join(result.carried)}"
+            if result.skipped:
+                line += f"; left out (other weight files): {', '.join(result.skipped)}"
+            err_console().print(line, markup=False, highlight=False)

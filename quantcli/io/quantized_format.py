@@ -124,15 +124,19 @@ def header_metadata(
     source_format: ``npy``, ``npz``, ``safetensors`` or ``gguf``, so decompress can default to
     it (to safetensors for gguf).
     """
-    version_1 = all(e.spec.scheme in VERSION_1_SCHEMES for e in entries)
     return {
         KEY_FORMAT: FORMAT_NAME,
-        KEY_VERSION: "1" if version_1 else FORMAT_VERSION,
+        KEY_VERSION: format_version(entries),
         KEY_PRODUCER: f"quant {__version__}",
         KEY_TENSORS: json.dumps({e.name: e.to_json() for e in entries}, separators=(",", ":")),
         KEY_SOURCE_METADATA: json.dumps(source_metadata, separators=(",", ":"), sort_keys=True),
         KEY_SOURCE_FORMAT: source_format,
     }
+
+
+def format_version(entries: list[QuantizedEntry]) -> str:
+    """The oldest version that holds ``entries``: 1 when they all use absmax or zeropoint."""
+    return "1" if all(e.spec.scheme in VERSION_1_SCHEMES for e in entries) else FORMAT_VERSION
 
 
 def is_quantized(metadata: dict[str, str]) -> bool:

@@ -4,26 +4,39 @@ Tensors are read, quantized and written one at a time: the output header is comp
 shapes and specs before any data is read, then each tensor's arrays are streamed to disk, so
 peak memory follows the largest tensor, not the file. A sharded input gives a sharded output
 folder, written shard by shard, with its index written last.
+
+A model folder (config.json beside the weights) gives a model folder: by default in the
+compressed-tensors format that transformers and vLLM load (only Linear weights quantized,
+embeddings and the output head kept), or with ``format="quant"`` in quant's own format; the
+folder's other files are carried over (``quantcli.io.model_folder``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from quantcli.core.quantizer import is_float_dtype
-from quantcli.errors import InputError, UsageError
+from quantcli.core.spec import QuantSpec
+from quantcli.errors import InputError, SpecError, UsageError
+from quantcli.io import compressed_tensors as ct
 from quantcli.io.detect import open_input
+from quantcli.io.model_folder import ModelFolder, write_model_folder
 from quantcli.io.numpy_files import NpyReader
-from quantcli.io.quantized_format import QuantizedEntry, header_metadata
+from quantcli.io.quantized_format import (
+    FORMAT_NAME,
+    QuantizedEntry,
+    format_version,
+    header_metadata,
+)
 from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
-from quantcli.ops.sources import file_metadata, format_of
+from quantcli.ops.sources import file_metadata, format_of, model_folder_of
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
 from quantcli.select import Selection, Selector
 
@@ -67,17 +80,23 @@ class Totals:
 class CompressResult:
     input: str
     output: str
+    format: str = "quant"
     tensors: list[TensorResult] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    carried: list[str] = field(default_factory=list)  # a model folder's other entries
+    skipped: list[str] = field(default_factory=list)  # and those left out (float weights)
 
     @property
     def totals(self) -> Totals:
         return Totals(self.tensors)
 
 
+FORMAT_CHOICES = ("compressed-tensors", "quant")
+
+
 def default_output(input: str, selector: Selector, sharded: bool) -> str:
     """``dir/model.safetensors`` -> ``dir/model.absmax-int8.safetensors``; a sharded
-    checkpoint folder ``ckpt`` -> the folder ``ckpt.absmax-int8`` beside it."""
+    checkpoint folder or a model folder ``ckpt`` -> the folder ``ckpt.absmax-int8`` beside it."""
     if is_stdio(input):
         return "-"
     spec = selector.spec
@@ -99,13 +118,38 @@ def compress(
     nonfinite: str = "error",
     force: bool = False,
     progress: ProgressFn | None = None,
+    format: str | None = None,
 ) -> CompressResult:
-    """Quantize ``input`` into ``output`` (a path, ``-`` for stdout, None for the default)."""
+    """Quantize ``input`` into ``output`` (a path, ``-`` for stdout, None for the default).
+
+    format: ``compressed-tensors`` (a model folder that transformers and vLLM load),
+    ``quant`` (quant's own format), or None: compressed-tensors for a model folder (a folder
+    holding config.json), quant otherwise.
+    """
+    if format is not None and format not in FORMAT_CHOICES:
+        raise UsageError(
+            f"unknown format {format!r} in --format: choose one of {', '.join(FORMAT_CHOICES)}"
+        )
     with open_input(input) as source:
+        folder = model_folder_of(input, source)
+        if format is None:
+            format = "compressed-tensors" if folder is not None else "quant"
+        if format == "compressed-tensors" and folder is None:
+            raise UsageError(
+                f"no model folder in {input}: --format compressed-tensors writes a model folder "
+                "and needs one as input (config.json beside the weights); pass the model's "
+                "folder, or use --format quant"
+            )
         sharded = isinstance(source, ShardedReader)
-        output = output or default_output(input, selector, sharded)
-        result = CompressResult(input=source.label, output=output)
-        plans = _plan(source, selector, nonfinite)
+        output = output or default_output(input, selector, sharded or folder is not None)
+        result = CompressResult(input=source.label, output=output, format=format)
+        if folder is not None:
+            _check_not_quantized(folder)
+            result.carried, result.skipped = list(folder.carried), list(folder.skipped)
+        if format == "compressed-tensors":
+            plans = _plan(source, selector, nonfinite, container=_CTContainer(folder.config))
+        else:
+            plans = _plan(source, selector, nonfinite)
         total = sum(info.size for info in source.infos())
 
         def shard_writer(plan: _ShardPlan):
@@ -115,7 +159,40 @@ def compress(
             return write
 
         inputs = input_paths(input, source)
-        if sharded:
+        if folder is not None:
+            if is_stdio(output):
+                raise UsageError(
+                    f"model folder to stdout in {input}: a model folder is written as a "
+                    "folder; pass -o FOLDER"
+                )
+            index = None
+            if sharded:
+                if format == "compressed-tensors":
+                    index_meta = dict(source.metadata)
+                else:
+                    entries = [e for p in plans for e in p.entries]
+                    index_meta = {
+                        **source.metadata,
+                        **header_metadata(entries, source.metadata, "safetensors"),
+                    }
+                index = (Path(source.index_path).name, index_meta)
+            config = dict(folder.config)
+            if format == "compressed-tensors":
+                config["quantization_config"] = plans[0].container.config(plans)
+            else:
+                config["quantization_config"] = {
+                    "quant_method": FORMAT_NAME,
+                    "format_version": format_version([e for p in plans for e in p.entries]),
+                }
+            result.files = write_model_folder(
+                Path(output),
+                folder,
+                config,
+                [(p.file, shard_writer(p)) for p in plans],
+                index,
+                force,
+            )
+        elif sharded:
             if is_stdio(output):
                 raise UsageError(
                     f"sharded checkpoint to stdout in {source.label}: a sharded output is a "
@@ -139,6 +216,100 @@ def compress(
     return result
 
 
+def _check_not_quantized(folder: ModelFolder) -> None:
+    qc = folder.config.get("quantization_config")
+    if qc is not None:
+        method = qc.get("quant_method") if isinstance(qc, dict) else None
+        raise InputError(
+            f"already quantized in {folder.label}: config.json has a quantization_config "
+            f"(quant_method {method!r}); compress the original float model, or restore this "
+            "one first with quant decompress"
+        )
+
+
+class _CTContainer:
+    """What compress does differently for compressed-tensors: which tensors (Linear weights,
+    not embeddings or the output head), the spec checks, the stored layout, config.json."""
+
+    def __init__(self, config: dict) -> None:
+        self.model_config = config
+        vocab = config.get("vocab_size")
+        text = config.get("text_config")
+        if vocab is None and isinstance(text, dict):
+            vocab = text.get("vocab_size")
+        self.vocab = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+        model_type = config.get("model_type")
+        self.model_type = model_type if isinstance(model_type, str) else ""
+        # the base model prefixes a checkpoint may carry or lose between a task head and
+        # its base model (LlamaForCausalLM's "model.", BertForMaskedLM's "bert.")
+        self.prefixes = tuple(
+            {"model", "transformer", self.model_type.replace("-", "_"), *_BASE_PREFIXES}
+        )
+
+    def choose(self, info: TensorInfo, sel: Selection) -> Selection:
+        """The decision for one tensor that the selector would quantize."""
+        name, shape = info.name, tuple(info.shape)
+        if self.model_type in _CONV1D_MODELS:
+            raise UsageError(
+                f"{self.model_type} model in {name}: its layers are Conv1D with transposed "
+                "[in, out] weights, which compressed-tensors does not quantize; use --format quant"
+            )
+        if len(shape) != 2:
+            return Selection(name, None, f"kept: {len(shape)}-D, not a Linear weight")
+        if not name.endswith(".weight"):
+            return Selection(name, None, "kept: not a Linear weight")
+        module = name[: -len(".weight")]
+        last = module.rsplit(".", 1)[-1]
+        if "embed" in last or last in _EMBEDDINGS:
+            return Selection(name, None, "kept: embedding")
+        # an output head: named so, or vocabulary-sized outside the stack of numbered layers
+        # (BertForMaskedLM's cls.predictions.decoder, GPT-NeoX's embed_out)
+        in_stack = any(part.isdigit() for part in module.split("."))
+        if last in _HEADS or (not in_stack and self.vocab is not None and shape[0] == self.vocab):
+            return Selection(name, None, "kept: output head")
+        spec = sel.spec.for_tensor(shape, name)
+        own = ct.scale_dtype_for(info.dtype)
+        if spec.scale_dtype not in ("float32", own):
+            raise SpecError(
+                f"{spec.scale_dtype} scales in tensor {name}: compressed-tensors stores scales "
+                f"in the model's dtype ({own}); drop --scale-dtype"
+            )
+        spec = replace(spec, scale_dtype=own)
+        ct.check_spec(spec, name, shape)
+        return Selection(name, spec)
+
+    def stored(self, name: str, spec: QuantSpec, shape: tuple[int, ...]):
+        return ct.stored_layout(name, spec, shape)
+
+    def convert(self, res: TensorResult) -> None:
+        """Replace quant's stored arrays of ``res`` by compressed-tensors ones."""
+        res.stored = ct.stored_arrays(res.name, res.selection.spec, res.shape, res.stored)
+        res.bytes_out = sum(int(a.nbytes) for _, a in res.stored)
+
+    def config(self, plans: list[_ShardPlan]) -> dict:
+        """config.json's quantization_config for every quantized Linear of ``plans``."""
+        groups: dict[QuantSpec, list[str]] = {}
+        ignore = []
+        for plan in plans:
+            for info, sel in zip(plan.infos, plan.selections):
+                if not info.name.endswith(".weight") or len(info.shape) != 2:
+                    continue
+                module = info.name[: -len(".weight")]
+                if sel.quantized:
+                    # the scale dtype is not part of the arguments: one group per spec rest
+                    key = replace(sel.spec, scale_dtype="float32", calibration="minmax")
+                    groups.setdefault(key, []).append(module)
+                else:
+                    ignore.append(module)
+        return ct.quantization_config(list(groups.items()), ignore, self.prefixes)
+
+
+_HEADS = ("lm_head", "embed_out")
+_EMBEDDINGS = ("wte", "wpe", "shared", "tok_embeddings")
+_BASE_PREFIXES = ("bert", "roberta", "deberta", "distilbert", "electra", "albert")
+_CONV1D_MODELS = ("gpt2", "openai-gpt", "imagegpt", "decision_transformer")
+
+
 @dataclass
 class _ShardPlan:
     file: str
@@ -146,6 +317,7 @@ class _ShardPlan:
     selections: list[Selection]
     entries: list[QuantizedEntry]
     metadata: dict[str, str]
+    container: _CTContainer | None = None
 
     def layout(self) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
         """(name, dtype, shape) of every array the shard stores, in write order."""
@@ -153,11 +325,18 @@ class _ShardPlan:
         out = []
         for info in self.infos:
             entry = by_name.get(info.name)
-            out.extend(entry.stored() if entry else [(info.name, info.dtype, info.shape)])
+            if entry is None:
+                out.append((info.name, info.dtype, info.shape))
+            elif self.container is not None:
+                out.extend(self.container.stored(entry.name, entry.spec, entry.shape))
+            else:
+                out.extend(entry.stored())
         return out
 
 
-def _plan(source: TensorSource, selector: Selector, nonfinite: str) -> list[_ShardPlan]:
+def _plan(
+    source: TensorSource, selector: Selector, nonfinite: str, container: _CTContainer | None = None
+) -> list[_ShardPlan]:
     """Decide every tensor before anything is written (the header needs every spec)."""
     single = isinstance(source, NpyReader)
     plans = []
@@ -172,6 +351,8 @@ def _plan(source: TensorSource, selector: Selector, nonfinite: str) -> list[_Sha
                     "only float tensors (float64, float32, float16, bfloat16, float8) can be "
                     "quantized; convert the array to float32 first"
                 )
+            if sel.quantized and container is not None:
+                sel = container.choose(info, sel)
             if sel.quantized:
                 sel = Selection(info.name, sel.spec.for_tensor(info.shape, info.name))
                 if nonfinite == "keep":
@@ -184,9 +365,14 @@ def _plan(source: TensorSource, selector: Selector, nonfinite: str) -> list[_Sha
             for i, s in zip(infos, selections)
             if s.quantized
         ]
-        # each file records its own metadata (a shard's, not its index's) for decompress
-        metadata = header_metadata(entries, file_metadata(source, file), format_of(source))
-        plan = _ShardPlan(file, infos, selections, entries, metadata)
+        if container is not None:
+            # a compressed-tensors file keeps its own metadata ({"format": "pt"}): the
+            # quantization is described in config.json
+            metadata = file_metadata(source, file)
+        else:
+            # each file records its own metadata (a shard's, not its index's) for decompress
+            metadata = header_metadata(entries, file_metadata(source, file), format_of(source))
+        plan = _ShardPlan(file, infos, selections, entries, metadata, container)
         _check_names(plan, source.label)
         plans.append(plan)
     return plans
@@ -214,6 +400,8 @@ def _write_shard(source, plan: _ShardPlan, f, result: CompressResult, progress, 
     written = []
     for info, selection in zip(plan.infos, plan.selections):
         res = process(info.name, source.read(info.name), selection)
+        if plan.container is not None and res.quantized:
+            plan.container.convert(res)
         for name, array in res.stored:
             writer.write(name, array)
             written.append((name, int(array.nbytes)))

@@ -3,7 +3,9 @@
 Every tensor comes back under its original name and shape; quantized tensors in their
 original dtype (or the one asked for), kept tensors bit-identical. The output format follows
 the output name: ``.npy`` (one tensor), ``.npz``, else safetensors; a sharded quantized
-checkpoint restores to a sharded folder.
+checkpoint restores to a sharded folder. A model folder (quant's format or compressed-tensors,
+as written by quant or by llm-compressor) restores to a float model folder: config.json
+without its quantization_config, the other files carried over.
 """
 
 from __future__ import annotations
@@ -17,19 +19,18 @@ import numpy as np
 
 from quantcli.errors import UsageError
 from quantcli.io.detect import open_input
+from quantcli.io.model_folder import write_model_folder
 from quantcli.io.numpy_files import write_npy, write_npz
-from quantcli.io.quantized_format import (
-    QuantizedEntry,
-    check_stored,
-    restore,
-    source_format,
-    source_metadata,
-)
 from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
-from quantcli.ops.sources import file_metadata, quantized_entries
+from quantcli.ops.sources import (
+    QuantizedCheckpoint,
+    file_metadata,
+    model_folder_of,
+    open_quantized,
+)
 
 DTYPE_CHOICES = ("original", "float32", "float16", "bfloat16")
 _DTYPES = {
@@ -67,15 +68,14 @@ def decompress(
     if dtype not in DTYPE_CHOICES:
         raise UsageError(f"unknown dtype {dtype!r} in --dtype: choose one of {DTYPE_CHOICES}")
     with open_input(input) as source:
-        entries = quantized_entries(source, "decompress")
-        infos = {i.name: i for i in source.infos()}
-        for entry in entries.values():
-            check_stored(entry, infos, source.label)
-        restorer = _Restorer(source, entries, None if dtype == "original" else _DTYPES[dtype])
+        checkpoint = open_quantized(input, source, "decompress")
+        entries = checkpoint.entries
+        restorer = _Restorer(source, checkpoint, None if dtype == "original" else _DTYPES[dtype])
         sharded = isinstance(source, ShardedReader)
-        original = source_format(source.metadata)
-        output = output or _default_output(input, original, sharded)
-        fmt = _output_format(output, original, sharded)
+        folder = model_folder_of(input, source)
+        original = checkpoint.source_format
+        output = output or _default_output(input, original, sharded or folder is not None)
+        fmt = _output_format(output, original, sharded or folder is not None)
         result = DecompressResult(input=source.label, output=output, format=fmt)
         groups = [(file, restorer.logical(infos_)) for file, infos_ in source.groups()]
         if fmt == "npy" and sum(len(g) for _, g in groups) != 1:
@@ -96,11 +96,11 @@ def decompress(
                         f".{fmt} files cannot store {info.dtype} without losing its type; use "
                         f"a .safetensors output{hint}"
                     )
-        meta = source_metadata(source.metadata)
+        meta = checkpoint.metadata(source.metadata)
 
         def shard_writer(file, logical):
             # a shard gets back its own metadata, recorded in its own header
-            own = source_metadata(file_metadata(source, file)) if sharded else meta
+            own = checkpoint.metadata(file_metadata(source, file)) if sharded else meta
 
             def write(f):
                 return _write(f, fmt, logical, restorer, own, result, progress)
@@ -108,7 +108,29 @@ def decompress(
             return write
 
         inputs = input_paths(input, source)
-        if sharded:
+        if folder is not None:
+            if is_stdio(output):
+                raise UsageError(
+                    f"model folder to stdout in {input}: a model folder is restored as a "
+                    "folder; pass -o FOLDER"
+                )
+            index = (Path(source.index_path).name, meta) if sharded else None
+            # the restored model is a float model again: config.json loses its
+            # quantization_config, and the dtype asked for is the model's
+            config = {k: v for k, v in folder.config.items() if k != "quantization_config"}
+            if dtype != "original":
+                for key in ("torch_dtype", "dtype"):
+                    if key in config:
+                        config[key] = dtype
+            result.files = write_model_folder(
+                Path(output),
+                folder,
+                config,
+                [(file, shard_writer(file, logical)) for file, logical in groups],
+                index,
+                force,
+            )
+        elif sharded:
             if is_stdio(output):
                 raise UsageError(
                     f"sharded checkpoint to stdout in {source.label}: a sharded output is a "
@@ -130,23 +152,26 @@ def decompress(
 class _Restorer:
     """Turns the stored arrays of a quantized file back into its logical tensors."""
 
-    def __init__(self, source: TensorSource, entries: dict[str, QuantizedEntry], dtype):
-        self.source, self.entries, self.dtype = source, entries, dtype
-        self.auxiliary = {
-            name for e in entries.values() for name, _, _ in e.stored() if name != e.name
-        }
+    def __init__(self, source: TensorSource, checkpoint: QuantizedCheckpoint, dtype):
+        self.source, self.entries, self.dtype = source, checkpoint.entries, dtype
+        self.checkpoint = checkpoint
+        # every stored array -> the entry it belongs to; a tensor is restored where its
+        # first stored array lies (quant's codes under the tensor's own name, or a
+        # compressed-tensors M.weight_packed)
+        self.owner = {n: e for e in self.entries.values() for n, _, _ in e.stored()}
         self.total = sum(info.size for info in self.logical(source.infos()))
 
     def logical(self, infos: list[TensorInfo]) -> list[TensorInfo]:
         """The tensors a shard restores to, in file order, with their restored dtype."""
-        out = []
+        out, done = [], set()
         for info in infos:
-            entry = self.entries.get(info.name)
-            if entry is not None:
-                dtype = entry.dtype if self.dtype is None else self.dtype
-                out.append(TensorInfo(info.name, np.dtype(dtype), tuple(entry.shape)))
-            elif info.name not in self.auxiliary:
+            entry = self.owner.get(info.name)
+            if entry is None:
                 out.append(info)
+            elif entry.name not in done:
+                done.add(entry.name)
+                dtype = entry.dtype if self.dtype is None else self.dtype
+                out.append(TensorInfo(entry.name, np.dtype(dtype), tuple(entry.shape)))
         return out
 
     def read(self, name: str) -> np.ndarray:
@@ -154,7 +179,7 @@ class _Restorer:
         if entry is None:
             return self.source.read(name)
         arrays = {n: self.source.read(n) for n, _, _ in entry.stored()}
-        return restore(entry, arrays, self.source.label, dtype=self.dtype)
+        return self.checkpoint.restore(entry, arrays, self.source.label, dtype=self.dtype)
 
 
 def _write(f, fmt, logical, restorer, meta, result, progress) -> list[tuple[str, int]]:

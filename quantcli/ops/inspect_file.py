@@ -2,7 +2,9 @@
 
 For a quantized file, each logical tensor is listed once with its spec, its original dtype
 and shape, and the bytes it takes (codes plus scales plus zero points); the stored arrays are
-checked against the metadata first, and the codes against the spec's range.
+checked against the metadata first, and the codes against the spec's range. A
+compressed-tensors model folder (config.json with its quantization_config beside the
+weights) is listed the same way, one row per quantized Linear weight.
 """
 
 from __future__ import annotations
@@ -12,15 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quantcli.core.spec import QuantSpec
+from quantcli.io import compressed_tensors as ct
 from quantcli.io.detect import open_input
-from quantcli.io.quantized_format import (
-    KEY_SOURCE_METADATA,
-    KEY_TENSORS,
-    check_stored,
-    is_quantized,
-    unpacked_codes,
-)
-from quantcli.ops.sources import describe, quantized_entries
+from quantcli.io.quantized_format import KEY_SOURCE_METADATA, KEY_TENSORS, is_quantized
+from quantcli.ops.sources import describe, model_config_of, open_quantized
 
 
 @dataclass
@@ -48,6 +45,9 @@ class InspectResult:
 def inspect_file(input: str) -> InspectResult:
     with open_input(input) as source:
         quantized = is_quantized(source.metadata)
+        if not quantized:
+            config = model_config_of(input, source)
+            quantized = config is not None and ct.is_compressed_tensors(config)
         infos = source.infos()
         # the bulky JSON keys are shown as tensor rows, not as metadata
         metadata = {
@@ -57,23 +57,27 @@ def inspect_file(input: str) -> InspectResult:
         if not quantized:
             result.tensors = [InspectedTensor(i.name, i.dtype, i.shape, i.nbytes) for i in infos]
             return result
-        entries = quantized_entries(source, "inspect")
+        checkpoint = open_quantized(input, source, "inspect")
+        if checkpoint.container != "quant":
+            result.format += f", {checkpoint.container}"
         by_name = {i.name: i for i in infos}
-        auxiliary = set()
-        for entry in entries.values():
-            check_stored(entry, by_name, source.label)
+        owner = {}
+        for entry in checkpoint.entries.values():
+            stored = entry.stored()
             # codes outside the spec's range: refused here as decompress refuses them
-            unpacked_codes(entry, source.read(entry.name), source.label)
-            auxiliary.update(name for name, _, _ in entry.stored() if name != entry.name)
+            checkpoint.unpacked_codes(entry, source.read(stored[0][0]), source.label)
+            owner.update((name, entry) for name, _, _ in stored)
+        done = set()
         for info in infos:
-            entry = entries.get(info.name)
-            if entry is not None:
-                stored = sum(by_name[n].nbytes for n, _, _ in entry.stored())
-                result.tensors.append(
-                    InspectedTensor(info.name, entry.dtype, entry.shape, stored, entry.spec)
-                )
-            elif info.name not in auxiliary:
+            entry = owner.get(info.name)
+            if entry is None:
                 result.tensors.append(
                     InspectedTensor(info.name, info.dtype, info.shape, info.nbytes)
+                )
+            elif entry.name not in done:
+                done.add(entry.name)
+                stored = sum(by_name[n].nbytes for n, _, _ in entry.stored())
+                result.tensors.append(
+                    InspectedTensor(entry.name, entry.dtype, entry.shape, stored, entry.spec)
                 )
         return result

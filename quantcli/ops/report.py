@@ -32,9 +32,9 @@ from quantcli.core.spec import SCHEME_ALIASES, QuantSpec
 from quantcli.errors import InputError, QualityGateError, UsageError
 from quantcli.io.detect import open_input
 from quantcli.io.numpy_files import NpyReader
-from quantcli.io.quantized_format import QuantizedEntry, check_stored, restore
+from quantcli.io.quantized_format import QuantizedEntry
 from quantcli.io.source import TensorInfo, TensorSource
-from quantcli.ops.sources import quantized_entries
+from quantcli.ops.sources import open_quantized
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
 from quantcli.select import DEFAULT_MIN_ELEMENTS, Selection, Selector
 
@@ -438,10 +438,9 @@ def against(
     is not enough to recover it), so clipped_fraction and mse_unclipped are None there.
     """
     with open_input(quantized) as qsource, open_input(input) as source:
-        entries = quantized_entries(qsource, "report --against")
+        checkpoint = open_quantized(quantized, qsource, "report --against")
+        entries = checkpoint.entries
         qinfos = {i.name: i for i in qsource.infos()}
-        for entry in entries.values():
-            check_stored(entry, qinfos, qsource.label)
         originals = {i.name: i for i in source.infos()}
         wanted = [
             e
@@ -459,7 +458,7 @@ def against(
         for entry in wanted:
             x = source.read(entry.name)
             arrays = {name: qsource.read(name) for name, _, _ in entry.stored()}
-            x_hat = restore(entry, arrays, qsource.label, dtype=np.float32)
+            x_hat = checkpoint.restore(entry, arrays, qsource.label, dtype=np.float32)
             known = entry.spec.calibration == "minmax"  # a min-max range clips nothing
             stored = sum(int(a.nbytes) for a in arrays.values())
             result.results.append(
