@@ -9,7 +9,11 @@ the same data, because the machines are shared and noisy: absolute times mean li
   floor on it and writes the int8 results with safetensors.numpy.save_file;
 - peers: the seed notebook's NumPy code and gguf's Q8_0 reference quantizer.
 
-    python benchmarks/bench.py [--quick] [--repeat N] [--skip-e2e]
+A separate section times the ggml block codecs (quantcli.core.ggml) on one thread: every
+type's encoder and decoder against the same kernel floor, in M weights/s, and the legacy
+encoders against gguf-py's NumPy reference.
+
+    python benchmarks/bench.py [--quick] [--repeat N] [--skip-e2e] [--skip-ggml]
 """
 
 from __future__ import annotations
@@ -188,6 +192,65 @@ def bench_kernels(report: Report, n: int, repeat: int) -> None:
     )
 
 
+# --- ggml block codecs ---
+
+# K-quants: at least llama.cpp's C reference speed for Q4_K on the project machine (15.5 M
+# weights/s there; the C code reaches Q8_0 229 and Q4_0 769 M weights/s)
+GGML_K_TARGET = 15.0
+
+
+def bench_ggml(report: Report, quick: bool, repeat: int) -> None:
+    from quantcli.core.ggml import GGML_TYPES
+
+    rows = 64 if quick else 256
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, 4096), dtype=np.float32)
+    out = np.empty(x.shape, np.int8)
+
+    def run_floor():
+        kernel_floor(x, out)
+
+    floor = median_time(run_floor, repeat)
+    print(
+        f"ggml codecs on {rows}x4096 float32, one thread; kernel floor {floor * 1e3:.1f} ms "
+        f"({x.size / floor / 1e6:.0f} M weights/s)"
+    )
+    try:
+        import gguf
+    except ImportError:
+        gguf = None
+    for name, t in GGML_TYPES.items():
+        raw = t.encode(x)
+        enc, base = paired_times(lambda t=t: t.encode(x), run_floor, repeat)
+        rate = x.size / enc / 1e6
+        kquant = t.block_size == 256
+        report.timed(
+            f"ggml {name} encode",
+            enc,
+            enc / base,
+            f"floor, {rate:6.1f} M weights/s",
+            f">= {GGML_K_TARGET:.0f} M weights/s" if kquant else "no target",
+            rate >= GGML_K_TARGET or not kquant,
+        )
+        dec, base = paired_times(lambda t=t, raw=raw: t.decode(raw, x.shape[1]), run_floor, repeat)
+        report.timed(
+            f"ggml {name} decode",
+            dec,
+            dec / base,
+            f"floor, {x.size / dec / 1e6:6.1f} M weights/s",
+            "no target",
+            True,
+        )
+        if gguf is not None and not kquant:
+            gtype = getattr(gguf.GGMLQuantizationType, name)
+            ours, theirs = paired_times(
+                lambda t=t: t.encode(x), lambda g=gtype: gguf.quants.quantize(x, g), repeat
+            )
+            report.timed(
+                f"  vs gguf's {name}", ours, theirs / ours, "faster than gguf", "no target", True
+            )
+
+
 FLOOR_SCRIPT = """
 import sys
 import numpy as np
@@ -307,10 +370,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller arrays (a smoke test)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-ggml", action="store_true")
     args = parser.parse_args()
     n = 2048 if args.quick else 8192
     report = Report()
     bench_kernels(report, n, args.repeat)
+    if not args.skip_ggml:
+        bench_ggml(report, args.quick, args.repeat)
     if not args.skip_e2e:
         rows, cols = (1024, 1024) if args.quick else (8192, 4096)
         bench_end_to_end(report, rows, cols, max(1, args.repeat // 2 + 1))
