@@ -1,0 +1,444 @@
+"""Scale and offset search for affine formats: codes q in 0..2^b - 1, and either
+
+- a float offset m (GGUF's Q4_1 / Q4_K store a float min): x_hat = s * q + m, encoded as
+  q = clip(rint((x - m) / s), 0, 2^b - 1); or
+- an integer zero point z (quant's zeropoint scheme): x_hat = s * (q - z), encoded as
+  q = clip(rint(x / s) + z, 0, 2^b - 1), z in 0..2^b - 1.
+
+The objective of a group is E = sum_i w_i * (x_i - x_hat_i)^2 with the encoder's codes.
+
+``affine_search`` is make_qkx2_quants' idea (llama.cpp's K-quants) made two-dimensional:
+candidate codes come from a grid of inverse scales (around (2^b - 1) / (max - min)) and
+offsets (the codes' grid shifted by a fraction of a step, around the group's centre: clipping
+both ends, not only the top as an anchor at the minimum does), each refit by weighted least
+squares (scale and offset jointly for the float variant; the scale, for the zero point the
+candidate implies, for the integer one), then a few refinement steps (codes from the best
+fit, refit), each of which can only lower E. The float offset is kept <= 0 by default, as
+llama.cpp does (its K-quants store -m as an unsigned 6-bit code). As for the symmetric
+search, the result is compared exactly with round-to-nearest's and never worse on E.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantcli.core.search.chunks import (
+    check_finite,
+    check_groups,
+    check_weights,
+    column_max,
+    column_min,
+    dot,
+    group_slices,
+    round_to,
+    transposed,
+    transposed_weights,
+    weighted_sq_error,
+)
+from quantcli.core.search.grids import _check_bits
+from quantcli.errors import InputError, SpecError
+
+OFFSETS = ("float", "integer")
+
+
+@dataclass
+class AffineParams:
+    """Parameters of G groups of an affine format.
+
+    scale: float32 (G,), > 0.
+    offset: float32 (G,) for the float variant (x_hat = scale * q + offset), else None.
+    zero_point: uint8 (G,) for the integer variant (x_hat = scale * (q - zero_point)), else
+    None.
+    """
+
+    scale: np.ndarray
+    offset: np.ndarray | None = None
+    zero_point: np.ndarray | None = None
+
+    @property
+    def kind(self) -> str:
+        return "float" if self.offset is not None else "integer"
+
+    def select(self, take: np.ndarray, other: AffineParams) -> AffineParams:
+        """These parameters where ``take`` (bool (G,)), ``other``'s elsewhere."""
+        scale = np.where(take, self.scale, other.scale)
+        if self.offset is not None:
+            return AffineParams(scale, offset=np.where(take, self.offset, other.offset))
+        return AffineParams(scale, zero_point=np.where(take, self.zero_point, other.zero_point))
+
+
+def affine_rtn(
+    x, bits: int, offset: str = "float", *, nonpositive_offset: bool = True, scale_dtype=np.float32
+) -> AffineParams:
+    """Round-to-nearest (min-max) parameters of every group of x float (G, n).
+
+    integer: quant's zeropoint rule: lo = min(min x, 0), hi = max(max x, 0),
+    scale = (hi - lo) / (2^b - 1), zero point = clip(rint(-lo / scale), 0, 2^b - 1).
+    float: scale = (max x - lo) / (2^b - 1), offset = lo, with lo = min(min x, 0) when
+    ``nonpositive_offset`` (else min x, GGUF's Q4_1). A group with one value gets scale 1.
+    Scale (and offset) rounded to ``scale_dtype``.
+    """
+    x = check_groups(x)
+    _check_bits(bits, 2, 8)
+    _check_offset(offset)
+    if x.shape[0] == 0:
+        return _empty(offset)
+    return _rtn(x.min(axis=1), x.max(axis=1), bits, offset, nonpositive_offset, scale_dtype)
+
+
+def affine_search(
+    x,
+    bits: int,
+    offset: str = "float",
+    *,
+    weights="rms_abs",
+    rtn: AffineParams | None = None,
+    nonpositive_offset: bool = True,
+    scale_dtype=np.float32,
+    candidates: int = 10,
+    shifts: int = 3,
+    refinements: int = 2,
+    name: str = "tensor",
+) -> AffineParams:
+    """Parameters of every group that lower E below round-to-nearest's.
+
+    x: float (G, n), finite. bits: 2..8. offset: ``"float"`` or ``"integer"`` (see the
+    module docstring). weights: as ``symmetric.mse_scales`` (default rms(group) + |x|).
+    rtn: the parameters to beat (default ``affine_rtn``). nonpositive_offset: keep the float
+    offset <= 0. scale_dtype: the dtype scales and float offsets are stored in.
+    candidates x shifts: the grid of inverse scales and code shifts tried; refinements: the
+    least-squares steps after it.
+
+    Results do not depend on how many groups are passed at once.
+    """
+    x = check_groups(x, name)
+    _check_bits(bits, 2, 8)
+    _check_offset(offset)
+    for label, value, least in (
+        ("candidates", candidates, 1),
+        ("shifts", shifts, 1),
+        ("refinements", refinements, 0),
+    ):
+        if not (isinstance(value, int) and value >= least):
+            raise SpecError(f"{label} {value!r} in scale search: use {least} or more")
+    weights = check_weights(weights, x.shape, name)
+    n_groups, n = x.shape
+    if rtn is not None and rtn.scale.shape != (n_groups,):
+        raise InputError(f"rtn parameters in {name}: shape {rtn.scale.shape}, need ({n_groups},)")
+    nmax = 2**bits - 1
+    grid = _candidate_grid(nmax, candidates, shifts)
+    result = _empty_like(offset, n_groups)
+    for part in group_slices(n_groups, n):
+        g = part.stop - part.start
+        given = None if rtn is None else _part(rtn, part)
+        found = _search_chunk(
+            x[part],
+            nmax,
+            offset,
+            weights,
+            part,
+            given,
+            nonpositive_offset,
+            scale_dtype,
+            grid,
+            refinements,
+            name,
+        )
+        result.scale[part] = found.scale[:g]
+        if offset == "float":
+            result.offset[part] = found.offset[:g]
+        else:
+            result.zero_point[part] = found.zero_point[:g]
+    return result
+
+
+def affine_error(x, params: AffineParams, bits: int, weights="plain") -> np.ndarray:
+    """E of every group for the given parameters: float64 (G,), codes as the encoder makes
+    them, reconstruction in float32, errors summed in float64."""
+    x = check_groups(x)
+    weights = check_weights(weights, x.shape)
+    nmax = 2**bits - 1
+    out = np.empty(x.shape[0], np.float64)
+    for part in group_slices(*x.shape):
+        g = part.stop - part.start
+        xt = transposed(x[part])
+        w = transposed_weights(weights, part, xt.astype(np.float64))
+        p = _pad(_part(params, part), xt.shape[1])
+        out[part] = _error(xt, p, nmax, w, np.empty_like(xt), np.empty(xt.shape))[:g]
+    return out
+
+
+def candidate_grid(bits: int, candidates: int = 10, shifts: int = 3):
+    """The (multiplier, shift) pairs tried: float64 (candidates * shifts, 2). Multipliers
+    scale the min-max inverse scale (2^b - 1) / (max - min) over [0.9, 1 + 2 / (2^b-1)^0.8]
+    (measured: docs/SEARCH.md); shifts move the codes' grid by a fraction of a step."""
+    return _candidate_grid(2**bits - 1, candidates, shifts)
+
+
+def _candidate_grid(nmax: int, candidates: int, shifts: int) -> np.ndarray:
+    hi = 1 + 2 / nmax**0.8
+    mults = np.linspace(0.9, hi, candidates) if candidates > 1 else np.array([1.0])
+    steps = (np.arange(shifts) + 0.5) / shifts - 0.5  # 3 -> -1/3, 0, 1/3
+    return np.array([(m, s) for m in mults for s in steps])
+
+
+def _check_offset(offset: str) -> None:
+    if offset not in OFFSETS:
+        raise SpecError(f"unknown offset {offset!r} in scale search: choose float or integer")
+
+
+def _empty(offset: str) -> AffineParams:
+    return _empty_like(offset, 0)
+
+
+def _empty_like(offset: str, n: int) -> AffineParams:
+    scale = np.ones(n, np.float32)
+    if offset == "float":
+        return AffineParams(scale, offset=np.zeros(n, np.float32))
+    return AffineParams(scale, zero_point=np.zeros(n, np.uint8))
+
+
+def _part(p: AffineParams, part: slice) -> AffineParams:
+    return AffineParams(
+        p.scale[part],
+        None if p.offset is None else p.offset[part],
+        None if p.zero_point is None else p.zero_point[part],
+    )
+
+
+def _pad(p: AffineParams, g: int) -> AffineParams:
+    """p with its arrays padded to g groups (scale 1, offset / zero point 0)."""
+    if p.scale.size == g:
+        return p
+    extra = g - p.scale.size
+    scale = np.concatenate([p.scale, np.ones(extra, np.float32)])
+    if p.offset is not None:
+        return AffineParams(scale, offset=np.concatenate([p.offset, np.zeros(extra, np.float32)]))
+    return AffineParams(scale, zero_point=np.concatenate([p.zero_point, np.zeros(extra, np.uint8)]))
+
+
+def _rtn(lo, hi, bits, offset, nonpositive_offset, scale_dtype) -> AffineParams:
+    nmax = 2**bits - 1
+    if offset == "integer" or nonpositive_offset:
+        lo = np.minimum(lo, np.float32(0))
+    if offset == "integer":
+        hi = np.maximum(hi, np.float32(0))
+    span = hi.astype(np.float64) - lo.astype(np.float64)
+    scale = round_to((span / nmax).astype(np.float32), scale_dtype)
+    bad = (scale == 0) | ~np.isfinite(scale)
+    scale = np.where(bad, np.float32(1), scale).astype(np.float32)
+    if offset == "float":
+        return AffineParams(scale, offset=round_to(lo.astype(np.float32), scale_dtype))
+    with np.errstate(over="ignore", invalid="ignore"):
+        zp = np.clip(np.rint(-lo / scale), 0, nmax)
+    return AffineParams(scale, zero_point=np.where(bad, 0, zp).astype(np.uint8))
+
+
+def _search_chunk(
+    part, nmax, offset, weights, index, rtn, nonpositive, scale_dtype, grid, steps, name
+) -> AffineParams:
+    xt = transposed(part)
+    g = xt.shape[1]
+    hi, lo = column_max(xt), column_min(xt)
+    check_finite(lo, hi, name)
+    bits = int(nmax).bit_length()
+    base = _rtn(lo, hi, bits, offset, nonpositive, scale_dtype)
+    if rtn is not None:
+        given = _pad(rtn, g)
+        base = AffineParams(given.scale.copy(), given.offset, given.zero_point)
+    if offset == "integer" or nonpositive:
+        lo = np.minimum(lo, np.float32(0))
+    if offset == "integer":
+        hi = np.maximum(hi, np.float32(0))
+    span = hi.astype(np.float64) - lo.astype(np.float64)
+    live = span > 0
+    # normalized by half the range (which, unlike the range, fits in float32): the range
+    # has width 2 (centred on 0 for the float variant), so candidate inverse scales and
+    # shifts are scalars and no sum overflows
+    unit = np.where(live, span / 2, 1.0)
+    centre = (hi.astype(np.float64) + lo) / 2 if offset == "float" else np.zeros(g)
+    y = xt / unit.astype(np.float32)
+    # the weights of x / unit: one positive factor per group from x's own, which leaves
+    # the comparison of two parameter sets of a group unchanged (not so after centring)
+    w = transposed_weights(weights, index, y)
+    if offset == "float":
+        np.subtract(y, (centre / unit).astype(np.float32), out=y)
+        found = _search_float(y, w, nmax, grid, steps, -centre / unit, nonpositive)
+        s_n, m_n = found
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = round_to((s_n * unit).astype(np.float32), scale_dtype)
+            off = round_to((centre + m_n * unit).astype(np.float32), scale_dtype)
+        if nonpositive:
+            off = np.minimum(off, np.float32(0))
+        usable = live & np.isfinite(scale) & (scale > 0) & np.isfinite(off)
+        candidate = AffineParams(np.where(usable, scale, 1).astype(np.float32), offset=off)
+    else:
+        s_n, zp = _search_integer(y, w, nmax, grid, steps, (hi / unit, lo / unit))
+        with np.errstate(over="ignore", invalid="ignore"):
+            scale = round_to((s_n * unit).astype(np.float32), scale_dtype)
+        usable = live & np.isfinite(scale) & (scale > 0)
+        candidate = AffineParams(np.where(usable, scale, 1).astype(np.float32), zero_point=zp)
+    t, e64 = np.empty_like(xt), np.empty(xt.shape)
+    e_base = _error(xt, base, nmax, w, t, e64)
+    e_found = _error(xt, candidate, nmax, w, t, e64)
+    return candidate.select(usable & (e_found < e_base), base)
+
+
+def _search_float(y, w, nmax, grid, steps, offset_cap, nonpositive):
+    """Least-squares (scale, offset) in normalized units for y (n, g): float64 (g,) each."""
+    n, g = y.shape
+    if w is None:
+        sw, wy = np.full(g, float(n)), y
+    else:
+        sw, wy = _colsum(w).astype(np.float64), w * y
+    moments = (sw, _colsum(wy).astype(np.float64), dot(wy, y).astype(np.float64))
+    cap = offset_cap if nonpositive else np.full(g, np.inf)
+    t = np.empty_like(y)
+    wq = None if w is None else np.empty_like(y)
+    # the sums of every candidate, then one vectorized choice (the first best on ties)
+    sums = np.empty((3, len(grid), g), np.float32)
+    for k, (mult, shift) in enumerate(grid):
+        # codes of a grid centred on the group's centre: y * iscale + nmax / 2 + shift
+        np.multiply(y, np.float32(mult * nmax / 2), out=t)
+        np.add(t, np.float32(nmax / 2 + shift), out=t)
+        np.rint(t, out=t)
+        np.clip(t, 0, nmax, out=t)
+        _float_sums(y, t, w, wq, sums[:, k])
+    best_s, best_m, best_e = _fit_float(sums, moments, cap, nmax)
+    for _ in range(steps):
+        np.subtract(y, best_m.astype(np.float32), out=t)
+        np.multiply(t, (1 / best_s).astype(np.float32), out=t)
+        np.rint(t, out=t)
+        np.clip(t, 0, nmax, out=t)
+        _float_sums(y, t, w, wq, sums[:, 0])
+        s, m, e = _fit_float(sums[:, :1], moments, cap, nmax)
+        better = e < best_e
+        best_s, best_m = np.where(better, s, best_s), np.where(better, m, best_m)
+        best_e = np.where(better, e, best_e)
+    return best_s, best_m
+
+
+def _float_sums(y, t, w, wq, out) -> None:
+    """sum(w q), sum(w q^2), sum(w y q) of every column of codes t into out (3, g)."""
+    if w is None:
+        np.add.reduce(t, axis=0, out=out[0])
+        np.einsum("ij,ij->j", t, t, out=out[1])
+        np.einsum("ij,ij->j", y, t, out=out[2])
+    else:
+        np.multiply(w, t, out=wq)
+        np.add.reduce(wq, axis=0, out=out[0])
+        np.einsum("ij,ij->j", wq, t, out=out[1])
+        np.einsum("ij,ij->j", wq, y, out=out[2])
+
+
+def _fit_float(sums, moments, cap, nmax):
+    """Weighted least squares y ~ s q + m (m <= cap) of every candidate (rows of sums
+    (3, k, g)), and the best per group: s, m and E, float64 (g,) each."""
+    sw, sy, syy = moments
+    sl, sll, syl = (a.astype(np.float64) for a in sums)
+    det = sw * sll - sl * sl
+    ok = det > 0
+    det = np.where(ok, det, 1)
+    s = (sw * syl - sy * sl) / det
+    m = (sll * sy - sl * syl) / det
+    capped = m > cap
+    if capped.any():
+        m = np.where(capped, cap, m)
+        s = np.where(capped, (syl - cap * sl) / np.where(sll > 0, sll, 1), s)
+    e = syy - 2 * s * syl - 2 * m * sy + s * s * sll + 2 * s * m * sl + m * m * sw
+    e = np.where(ok & (s > 0), e, np.inf)
+    k = np.argmin(e, axis=0)
+    columns = np.arange(e.shape[1])
+    best_e = e[k, columns]
+    found = best_e < np.inf
+    best_s = np.where(found, s[k, columns], 2.0 / nmax)
+    best_m = np.where(found, m[k, columns], -1.0)
+    return best_s, best_m, best_e
+
+
+def _search_integer(y, w, nmax, grid, steps, bounds):
+    """Least-squares scale, and zero point, in normalized units (y = x / unit): float64
+    (g,) and uint8 (g,). The zero point of a candidate is where its grid puts x = 0."""
+    hi_n, lo_n = bounds
+    centre = (hi_n.astype(np.float64) + lo_n) / 2
+    n, g = y.shape
+    t = np.empty_like(y)
+    wk = None if w is None else np.empty_like(y)
+    sums = np.empty((2, len(grid), g), np.float32)
+    zs = np.empty((len(grid), g))
+
+    def codes(iscale, z) -> None:
+        """t <- clip(rint(y * iscale) + z, 0, nmax) - z, the codes around the zero point."""
+        zf = z.astype(np.float32)
+        np.multiply(y, iscale, out=t)
+        np.rint(t, out=t)
+        np.add(t, zf, out=t)
+        np.clip(t, 0, nmax, out=t)
+        np.subtract(t, zf, out=t)
+
+    for k, (mult, shift) in enumerate(grid):
+        iscale = mult * nmax / 2
+        zs[k] = np.clip(np.rint(nmax / 2 + shift - centre * iscale), 0, nmax)
+        codes(np.float32(iscale), zs[k])
+        _integer_sums(y, t, w, wk, sums[:, k])
+    best_s, best_score, k = _fit_integer(sums)
+    fallback = np.clip(np.rint(-lo_n * nmax / 2), 0, nmax)
+    best_z = np.where(best_score > -np.inf, zs[k, np.arange(g)], fallback)
+    for _ in range(steps):
+        codes((1 / best_s).astype(np.float32), best_z)
+        _integer_sums(y, t, w, wk, sums[:, 0])
+        s, score, _ = _fit_integer(sums[:, :1])
+        better = score > best_score
+        best_s, best_score = np.where(better, s, best_s), np.where(better, score, best_score)
+    return best_s, best_z.astype(np.uint8)
+
+
+def _integer_sums(y, t, w, wk, out) -> None:
+    if w is None:
+        np.einsum("ij,ij->j", y, t, out=out[0])
+        np.einsum("ij,ij->j", t, t, out=out[1])
+    else:
+        np.multiply(w, t, out=wk)
+        np.einsum("ij,ij->j", wk, y, out=out[0])
+        np.einsum("ij,ij->j", wk, t, out=out[1])
+
+
+def _fit_integer(sums):
+    """Least-squares scale sum(w y k) / sum(w k^2) of every candidate (rows of sums (2, k,
+    g)): the best per group (scale and score float64 (g,), row intp (g,))."""
+    syk, skk = (a.astype(np.float64) for a in sums)
+    ok = (skk > 0) & (syk > 0)
+    score = np.where(ok, syk * syk / np.where(ok, skk, 1), -np.inf)
+    k = np.argmax(score, axis=0)
+    columns = np.arange(score.shape[1])
+    best_score = score[k, columns]
+    found = best_score > -np.inf
+    best_s = np.where(found, syk[k, columns] / np.where(found, skk[k, columns], 1), 1.0)
+    return best_s, best_score, k
+
+
+def _colsum(a: np.ndarray) -> np.ndarray:
+    return np.add.reduce(a, axis=0)
+
+
+def _error(xt, p: AffineParams, nmax, w, t, e64) -> np.ndarray:
+    """E of every group of xt (n, g) for parameters p (g,): float64 (g,)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if p.offset is not None:
+            np.subtract(xt, p.offset, out=t)
+            np.divide(t, p.scale, out=t)
+            np.rint(t, out=t)
+            np.clip(t, 0, nmax, out=t)
+            np.multiply(t, p.scale, out=t)
+            np.add(t, p.offset, out=t)
+        else:
+            z = p.zero_point.astype(np.float32)
+            np.divide(xt, p.scale, out=t)
+            np.rint(t, out=t)
+            np.add(t, z, out=t)
+            np.clip(t, 0, nmax, out=t)
+            np.subtract(t, z, out=t)
+            np.multiply(t, p.scale, out=t)
+    return weighted_sq_error(xt, t, w, e64)
