@@ -9,11 +9,12 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from quantcli.cli import compress, decompress, inspect, report  # noqa: F401  (registers commands)
-from quantcli.cli.app import app, install_signal_handlers
+from quantcli.cli.app import app, configure_streams, install_signal_handlers
 
 
 def main() -> None:
     install_signal_handlers()
+    configure_streams()
     app()
 
 

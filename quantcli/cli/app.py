@@ -10,6 +10,8 @@ stays one line.
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import signal
 import sys
@@ -33,10 +35,53 @@ def debug_enabled() -> bool:
 
 def one_line(message: str) -> str:
     """``message`` with control characters escaped (``\\n``, ``\\x1b``, ...), so that a file or
-    tensor name from a hostile file cannot split the error line or drive the terminal."""
+    tensor name from a hostile file cannot split the error line or drive the terminal; the
+    bytes of a file name that is not UTF-8 show as ``\\xff`` (see ``printable``)."""
     if message.isprintable():
         return message
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    return "".join(c if c.isprintable() else _escaped(c) for c in message)
+
+
+def printable(text: str) -> str:
+    """``text`` made encodable by any UTF-8 writer (a stream, a JSON reader).
+
+    A file name that is not valid UTF-8 (legal on Linux) reaches Python with each bad byte
+    as a lone surrogate (U+DC80..U+DCFF, "surrogateescape"); it is shown as ``\\xff``, the
+    byte it stands for. Any other lone surrogate (e.g. from a JSON header) as ``\\udXXX``.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(_escaped(c) if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
+def _escaped(char: str) -> str:
+    if "\udc80" <= char <= "\udcff":  # a byte of a file name that is not UTF-8
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return repr(char)[1:-1]
+
+
+def _escape_unencodable(error: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: what a stream cannot encode is written escaped, as ``printable``
+    and ``one_line`` would (ASCII, so that any encoding takes it)."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    return "".join(_escaped(c).encode("ascii", "backslashreplace").decode() for c in bad), error.end
+
+
+def configure_streams() -> None:
+    """Make stdout and stderr print any text, file names that are not UTF-8 included.
+
+    In a UTF-8 locale Python's stdout is strict, and a table or line naming ``w\\xff.npy``
+    would fail with UnicodeEncodeError (stderr would print ``\\udcff``). For the quant
+    process only (its entry point calls this), like the signal handlers.
+    """
+    codecs.register_error("quant.escape", _escape_unencodable)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="quant.escape")
 
 
 def fail(message: str, code: int) -> None:

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 
 from rich.console import Console
 
+from quantcli.cli.app import printable
+
 # Width for tables written to a file or pipe: wide enough that rows do not wrap in a log.
 # On a terminal (or with COLUMNS set) Rich uses the real width.
 PIPE_WIDTH = 160
@@ -96,11 +98,15 @@ def fmt_shape(shape) -> str:
 
 
 def json_safe(value):
-    """Make a JSON-able value strictly valid JSON: non-finite floats become null."""
+    """Make a JSON-able value strictly valid JSON: non-finite floats become null, and the
+    bytes of a file name that is not UTF-8 are written ``\\xff`` (``printable``), since a lone
+    surrogate such as ``\\udcff`` is rejected by strict JSON readers."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return printable(value)
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+        return {printable(k) if isinstance(k, str) else k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value

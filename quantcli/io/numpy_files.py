@@ -177,7 +177,7 @@ class NpyReader(TensorSource):
             size = len(self._buffer)
         else:
             self.label = label or os.fspath(source)
-            self._name = name or Path(source).stem
+            self._name = name or os.fsencode(Path(source).stem).decode("utf-8", "backslashreplace")
             self._file = _open_for_reading(source, self.label)
             try:
                 self._header = read_npy_header(self._file, self.label)
