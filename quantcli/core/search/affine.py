@@ -97,8 +97,8 @@ def affine_search(
     rtn: AffineParams | None = None,
     nonpositive_offset: bool = True,
     scale_dtype=np.float32,
-    candidates: int = 10,
-    shifts: int = 3,
+    candidates: int = 6,
+    shifts: int = 4,
     refinements: int = 2,
     name: str = "tensor",
 ) -> AffineParams:
@@ -170,7 +170,7 @@ def affine_error(x, params: AffineParams, bits: int, weights="plain") -> np.ndar
     return out
 
 
-def candidate_grid(bits: int, candidates: int = 10, shifts: int = 3):
+def candidate_grid(bits: int, candidates: int = 6, shifts: int = 4):
     """The (multiplier, shift) pairs tried: float64 (candidates * shifts, 2). Multipliers
     scale the min-max inverse scale (2^b - 1) / (max - min) over [0.9, 1 + 2 / (2^b-1)^0.8]
     (measured: docs/SEARCH.md); shifts move the codes' grid by a fraction of a step."""
@@ -299,10 +299,12 @@ def _search_float(y, w, nmax, grid, steps, offset_cap, nonpositive):
     wq = None if w is None else np.empty_like(y)
     # the sums of every candidate, then one vectorized choice (the first best on ties)
     sums = np.empty((3, len(grid), g), np.float32)
+    scaled = np.empty_like(y)
     for k, (mult, shift) in enumerate(grid):
         # codes of a grid centred on the group's centre: y * iscale + nmax / 2 + shift
-        np.multiply(y, np.float32(mult * nmax / 2), out=t)
-        np.add(t, np.float32(nmax / 2 + shift), out=t)
+        if k == 0 or mult != grid[k - 1][0]:
+            np.multiply(y, np.float32(mult * nmax / 2), out=scaled)
+        np.add(scaled, np.float32(nmax / 2 + shift), out=t)
         np.rint(t, out=t)
         np.clip(t, 0, nmax, out=t)
         _float_sums(y, t, w, wq, sums[:, k])
@@ -343,11 +345,16 @@ def _fit_float(sums, moments, cap, nmax):
     det = np.where(ok, det, 1)
     s = (sw * syl - sy * sl) / det
     m = (sll * sy - sl * syl) / det
+    e = syy - s * syl - m * sy  # E at the unconstrained optimum
     capped = m > cap
     if capped.any():
+        # the optimum on the boundary m = cap: s = sum(w q (y - m)) / sum(w q^2), and
+        # E = sum(w (y - m)^2) - s * sum(w q (y - m))
         m = np.where(capped, cap, m)
-        s = np.where(capped, (syl - cap * sl) / np.where(sll > 0, sll, 1), s)
-    e = syy - 2 * s * syl - 2 * m * sy + s * s * sll + 2 * s * m * sl + m * m * sw
+        syl_m = syl - m * sl
+        s_cap = syl_m / np.where(sll > 0, sll, 1)
+        e_cap = syy - 2 * m * sy + m * m * sw - s_cap * syl_m
+        s, e = np.where(capped, s_cap, s), np.where(capped, e_cap, e)
     e = np.where(ok & (s > 0), e, np.inf)
     k = np.argmin(e, axis=0)
     columns = np.arange(e.shape[1])

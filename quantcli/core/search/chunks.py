@@ -19,7 +19,7 @@ from quantcli.errors import InputError, NonFiniteError, SpecError
 # elements of a chunk: the searches keep 4-6 float32 arrays of this size; 64 Ki elements
 # (256 KiB each) keep them in the 1 MiB L2 cache of the project machine, where a pass costs
 # about 0.2 ns an element (2-3x less than from L3)
-SEARCH_CHUNK_ELEMENTS = 1 << 16
+SEARCH_CHUNK_ELEMENTS = 1 << 17
 
 WEIGHTINGS = ("plain", "square", "rms_abs")
 

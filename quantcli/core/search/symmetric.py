@@ -59,8 +59,8 @@ def mse_scales(
     rtn=None,
     scale_dtype=np.float32,
     mirror: bool = False,
-    candidates: int = 12,
-    refinements: int = 2,
+    candidates: int = 10,
+    refinements: int = 1,
     name: str = "tensor",
 ) -> np.ndarray:
     """Scales of every group that lower E below round-to-nearest's: float32 (G,).
