@@ -30,6 +30,11 @@ SPECS = [
     QuantSpec("mxfp4"),
     QuantSpec("mxfp4-ct", calibration="percentile", percentile=99),
     QuantSpec("nvfp4"),
+    QuantSpec("fullrange", 4, "group", group_size=8, search="mse"),
+    QuantSpec("nf4", group_size=7, search="wmse"),
+    QuantSpec("zeropoint", 3, "group", group_size=9, search="mse"),
+    QuantSpec("zeropoint", 4, "group", group_size=16, search="hqq", scale_dtype="float16"),
+    QuantSpec("absmax", 4, "channel", search="mse"),
 ]
 
 

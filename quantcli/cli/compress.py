@@ -21,6 +21,7 @@ from quantcli.cli.options import (
     Output,
     ScaleDtype,
     Scheme,
+    Search,
     check_percentile,
 )
 from quantcli.errors import UsageError
@@ -115,6 +116,17 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    search: Annotated[
+        Search,
+        typer.Option(
+            "--search",
+            case_sensitive=False,
+            help="How each group's scale is chosen: none (round to nearest from the range), "
+            "mse (a search for the scale, and zero point, with the least squared error), "
+            "wmse (the same, weighted by magnitude, as llama.cpp's K-quants) or hqq (HQQ's "
+            "zero-point optimizer; zeropoint only). See docs/SEARCH.md.",
+        ),
+    ] = Search.none,
     include: Include = None,
     exclude: Exclude = None,
     min_elements: MinElements = 1024,
@@ -167,6 +179,7 @@ def compress(
         calibration=calibration.value,
         percentile=percentile,
         scale_dtype=scale_dtype and scale_dtype.value,
+        search=search.value,
     )
     selector = Selector(spec, tuple(include or ()), tuple(exclude or ()), min_elements)
     with progress_bar("quantizing", enabled=not quiet) as advance:

@@ -36,6 +36,13 @@ class Calibration(str, Enum):
     percentile = "percentile"
 
 
+class Search(str, Enum):
+    none = "none"
+    mse = "mse"
+    wmse = "wmse"
+    hqq = "hqq"
+
+
 class NonFinite(str, Enum):
     error = "error"
     keep = "keep"

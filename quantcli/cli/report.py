@@ -24,6 +24,7 @@ from quantcli.cli.options import (
     NonFinite,
     ScaleDtype,
     Scheme,
+    Search,
     check_percentile,
 )
 from quantcli.cli.render import fmt_metric, human_bytes
@@ -120,6 +121,16 @@ def report(
             "--scale-dtype",
             case_sensitive=False,
             help="Dtype of stored scales (repeatable). Default: float32.",
+            show_default=False,
+        ),
+    ] = None,
+    search: Annotated[
+        list[Search] | None,
+        typer.Option(
+            "--search",
+            case_sensitive=False,
+            help="Scale search (repeatable): none, mse, wmse or hqq, compared side by side. "
+            "A configuration a search does not fit is measured without it. Default: none.",
             show_default=False,
         ),
     ] = None,
@@ -220,6 +231,7 @@ def report(
         "--calibration": calibration,
         "--percentile": percentile,
         "--scale-dtype": scale_dtype,
+        "--search": search,
         "--min-elements": min_elements,
         "--nonfinite": nonfinite,
     }
@@ -253,6 +265,7 @@ def report(
             percentile=percentile,
             axis=axis,
             scale_dtypes=[d.value for d in scale_dtype or []],
+            searches=[s.value for s in search or []],
         )
     )
     metric = sort.value if sort is not None else None

@@ -158,6 +158,8 @@ def quantize(
         def run(index) -> ErrorStats | None:
             part = _float32(xv[index])
             p = calibrated(*chunk_range(tiles, part, spec), part)
+            if spec.search != "none":
+                p = _searched(tiles, spec, part, p, name)
             params.part(index).store(p)
             return chunk(index, part, p)
     else:
@@ -282,6 +284,47 @@ def _tensor_scale(x: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
     return spec.format.tensor_scale_of(amax)
 
 
+def _searched(tiles, spec: QuantSpec, part: np.ndarray, p, name: str):
+    """Parameters ``p`` of chunk ``part`` refined by ``spec.search`` (``search/refine.py``),
+    group by group: each group's result depends on that group alone, so chunking and threads
+    change nothing."""
+    from quantcli.core.search.refine import refine_affine, refine_symmetric
+
+    scheme = spec.format
+    dtype = SCALE_KINDS[spec.scale_dtype].dtype
+    scale = p.scale.copy()
+    zp = None if p.zero_point is None else p.zero_point.copy()
+    if tiles.granularity == "group":
+        views = tiles.groups(part)
+    elif part.shape[0] == 1:  # channel along axis 0: the chunk's channels are its rows
+        views = [(part[0][:, None, :], slice(None))]
+        scale, zp = scale.reshape(-1, 1), None if zp is None else zp.reshape(-1, 1)
+    else:
+        raise SpecError(
+            f"search {spec.search} with --granularity channel --axis {spec.axis} in tensor "
+            f"{name}: the search works on groups of consecutive weights; use --axis 0 or "
+            "--granularity group"
+        )
+    for view, cols in views:
+        rows, k, n = view.shape
+        if rows * k * n == 0:  # no weights: nothing to search
+            continue
+        x = view.reshape(rows * k, n)
+        if scheme.has_zero_point:
+            s, z = refine_affine(
+                x, spec.search, spec.bits, scale[:, cols].reshape(-1),
+                zp[:, cols].reshape(-1), dtype, name,
+            )  # fmt: skip
+            zp[:, cols] = z.reshape(rows, k)
+        else:
+            rtn = scale[:, cols].reshape(-1)
+            s = refine_symmetric(x, spec.search, spec.scheme, spec.bits, rtn, dtype, name)
+        scale[:, cols] = s.reshape(rows, k)
+    shape = p.scale.shape
+    zp = None if zp is None else zp.reshape(shape)
+    return scheme.searched(p, scale.reshape(shape), zp, spec)
+
+
 def _float32(part: np.ndarray) -> np.ndarray:
     return part if part.dtype == np.float32 else part.astype(np.float32)
 
@@ -324,7 +367,7 @@ def _measure(tiles, scheme, spec: QuantSpec, x, codes, p, tensor_scale, name) ->
     if _may_overflow(stored, spec):  # saturate as dequantize does
         np.clip(x_hat, -F32_MAX, F32_MAX, out=x_hat)
     clipped = None
-    if spec.calibration == "percentile":
+    if spec.calibration == "percentile" or spec.search != "none":
         clipped = (x < tiles.expand(p.lo, x)) | (x > tiles.expand(p.hi, x))
     return ErrorStats.of(x, x_hat, clipped)
 

@@ -23,6 +23,13 @@ SCALE_DTYPES = tuple(SCALE_KINDS)
 MIN_BITS, MAX_BITS = 2, 8
 
 
+def _schemes_taking(search: str) -> list[str]:
+    """The schemes ``search`` applies to."""
+    from quantcli.core.search.refine import searches_for
+
+    return [name for name in SCHEMES if search in searches_for(name)]
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How to quantize one tensor.
@@ -34,6 +41,10 @@ class QuantSpec:
     ``group`` (one scale per ``group_size`` consecutive elements of the last axis).
     calibration: ``minmax`` or ``percentile`` (clip the range to the ``percentile``-th value).
     scale_dtype: how scales are stored (``scales.py``); part of the bits per weight.
+    search: ``none`` (round to nearest), ``mse`` (a scale search on the format's grid, and
+    for zeropoint a joint scale and zero-point search, minimizing the squared error),
+    ``wmse`` (the same, magnitude-weighted) or ``hqq`` (HQQ's zero-point optimizer, zeropoint
+    only); see ``search/refine.py``.
 
     ``bits``, ``granularity``, ``group_size`` and ``scale_dtype`` left as None take the
     scheme's defaults (8 bits, per channel, groups of 128, float32 scales for the integer
@@ -48,6 +59,7 @@ class QuantSpec:
     calibration: str = "minmax"
     percentile: float = 99.99
     scale_dtype: str | None = None
+    search: str = "none"
 
     def __post_init__(self) -> None:
         scheme = SCHEME_ALIASES.get(str(self.scheme).lower())
@@ -122,6 +134,25 @@ class QuantSpec:
                 f"scales as {' or '.join(info.scale_dtypes)}; use --scale-dtype "
                 f"{info.default_scale_dtype}"
             )
+        from quantcli.core.search.refine import SEARCHES, searches_for
+
+        if self.search not in SEARCHES:
+            raise SpecError(
+                f"unknown search {self.search!r} in quantization spec: "
+                f"choose one of {', '.join(SEARCHES)}"
+            )
+        if self.search not in searches_for(scheme):
+            fits = _schemes_taking(self.search)
+            raise SpecError(
+                f"search {self.search} in quantization spec: {scheme} takes "
+                f"{' or '.join(searches_for(scheme))}; use --search none, or a scheme it "
+                f"fits: {', '.join(fits)}"
+            )
+        if self.search != "none" and self.granularity == "tensor":
+            raise SpecError(
+                f"search {self.search} in quantization spec: it chooses a scale per group or "
+                "channel; use --granularity group or channel"
+            )
         if self.granularity == "group" and info.group_sizes:
             if self.group_size not in info.group_sizes:
                 raise SpecError(
@@ -191,6 +222,8 @@ class QuantSpec:
         text += f" {gran}"
         if self.calibration == "percentile":
             text += f" p{self.percentile:g}"
+        if self.search != "none":
+            text += f" {self.search}"
         if self.scale_dtype != self.format.default_scale_dtype:
             short_dtype = SHORT_NAMES[self.scale_dtype]
             text += f" {short_dtype}" if short else f" {self.scale_dtype} scales"
@@ -200,7 +233,12 @@ class QuantSpec:
         return self.label(short=True)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; ``search`` only when one was used (files and JSON made
+        without a search stay as they were before searches existed)."""
+        data = asdict(self)
+        if self.search == "none":
+            del data["search"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> QuantSpec:

@@ -28,6 +28,7 @@ import numpy as np
 from quantcli.core.metrics import ErrorStats
 from quantcli.core.quantizer import quantize
 from quantcli.core.schemes import SCHEMES
+from quantcli.core.search.refine import searches_for
 from quantcli.core.spec import SCHEME_ALIASES, QuantSpec
 from quantcli.errors import InputError, QualityGateError, UsageError
 from quantcli.io.detect import open_input
@@ -77,6 +78,7 @@ def configs_from_options(
     percentile: float | None = None,
     axis: int | None = None,
     scale_dtypes: Sequence[str] = (),
+    searches: Sequence[str] = (),
 ) -> list[QuantSpec]:
     """The cartesian product of the options, each empty option taking the default sweep's values.
 
@@ -92,6 +94,7 @@ def configs_from_options(
     granularities = list(granularities) or list(DEFAULT_GRANULARITIES)
     calibrations = list(calibrations) or list(DEFAULT_CALIBRATIONS)
     scale_dtypes = list(scale_dtypes) or list(DEFAULT_SCALE_DTYPES)
+    searches = list(searches) or ["none"]
     if group_sizes and "group" not in granularities:
         raise UsageError(
             f"--group-size {group_sizes[0]} without --granularity group in quant report: "
@@ -109,8 +112,8 @@ def configs_from_options(
         )
     group_sizes = list(group_sizes) or list(DEFAULT_GROUP_SIZES)
     out: list[QuantSpec] = []
-    for scheme, b, gran, calib, sdtype in product(
-        schemes, bits, granularities, calibrations, scale_dtypes
+    for scheme, b, gran, calib, sdtype, search in product(
+        schemes, bits, granularities, calibrations, scale_dtypes, searches
     ):
         # a format with fixed bits, granularity, group size or scale dtype takes its own
         # in place of the sweep's values (nf4 is compared at 4 bits whatever --bits says)
@@ -118,6 +121,9 @@ def configs_from_options(
         b = b if b in info.bits else info.default_bits
         gran = gran if gran in info.granularities else info.default_granularity
         sdtype = sdtype if sdtype in info.scale_dtypes else info.default_scale_dtype
+        # a search a format does not take, or per tensor, is left out of that configuration
+        if search not in searches_for(info.name) or gran == "tensor":
+            search = "none"
         sizes = group_sizes if gran == "group" else [_BASE.group_size]
         if gran == "group" and info.group_sizes:
             sizes = [gs for gs in sizes if gs in info.group_sizes] or [info.default_group_size]
@@ -135,6 +141,7 @@ def configs_from_options(
                     else _BASE.percentile
                 ),
                 scale_dtype=sdtype,
+                search=search,
             )
             if spec not in out:
                 out.append(spec)
@@ -153,6 +160,7 @@ def config_fields(spec: QuantSpec) -> dict:
         "calibration": spec.calibration,
         "percentile": spec.percentile if spec.calibration == "percentile" else None,
         "scale_dtype": spec.scale_dtype,
+        "search": spec.search,
     }
 
 

@@ -49,6 +49,10 @@ class Absmax(Scheme):
         scale = safe_scale(amax / np.float32(qmax), amax, qmax, spec, slack=0.25)
         return AbsmaxParams(amax=amax, scale=scale)
 
+    def searched(self, p, scale, zero_point, spec: QuantSpec) -> AbsmaxParams:
+        scale = np.asarray(scale, np.float32)
+        return AbsmaxParams(amax=scale * np.float32(spec.code_range[1]), scale=scale)
+
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         qmin, qmax = spec.code_range
         t = scratch("encode", x.shape, np.float32)
@@ -57,7 +61,8 @@ class Absmax(Scheme):
         with np.errstate(over="ignore"):
             np.divide(x, scale, out=t)
         np.rint(t, out=t)
-        if spec.calibration != "minmax":  # min-max: |x| <= amax, so |t| <= qmax already
+        if spec.calibration != "minmax" or spec.search != "none":
+            # min-max: |x| <= amax, so |t| <= qmax already; a searched scale may clip
             np.clip(t, qmin, qmax, out=t)
         np.copyto(out, t, casting="unsafe")
 

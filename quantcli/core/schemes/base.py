@@ -82,6 +82,12 @@ class Scheme:
         """Write the float32 reconstruction of ``codes`` into ``out``."""
         raise NotImplementedError
 
+    def searched(self, p: GroupParams, scale, zero_point, spec: QuantSpec) -> GroupParams:
+        """``p`` with the scales (and zero points) a search chose, its range [lo, hi] made the
+        one those parameters represent (values beyond it are clipped). Schemes that take a
+        search (``search/refine.py``) implement it."""
+        raise NotImplementedError
+
     def tensor_scale_of(self, amax: float) -> np.ndarray:
         """float32 (1,): the tensor's scale from its largest magnitude (tensor_scale only)."""
         raise NotImplementedError

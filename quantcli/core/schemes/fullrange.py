@@ -56,6 +56,13 @@ class Fullrange(Scheme):
         sign = np.where(hi >= -lo, np.float32(-1), np.float32(1))
         return FullrangeParams(lo=lo, hi=hi, scale=(magnitude * sign).astype(np.float32))
 
+    def searched(self, p, scale, zero_point, spec: QuantSpec) -> FullrangeParams:
+        scale = np.asarray(scale, np.float32)
+        qmin, qmax = self.code_range(spec.bits)
+        ends = (np.float32(qmin) * scale, np.float32(qmax) * scale)
+        lo, hi = np.minimum(*ends), np.maximum(*ends)
+        return FullrangeParams(lo=lo, hi=hi, scale=scale)
+
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         qmin, qmax = self.code_range(spec.bits)
         t = scratch("encode", x.shape, np.float32)

@@ -71,6 +71,10 @@ class NF4Scheme(Scheme):
         amax = np.maximum(hi, -lo)
         return FloatParams(amax=amax, scale=safe_scale(amax, amax, 1, spec, 0.0))
 
+    def searched(self, p, scale, zero_point, spec: QuantSpec) -> FloatParams:
+        scale = np.asarray(scale, np.float32)
+        return FloatParams(amax=scale, scale=scale)  # the levels span [-1, 1]
+
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         t = scratch("encode", x.shape, np.float32)
         with np.errstate(over="ignore"):

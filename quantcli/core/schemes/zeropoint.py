@@ -58,6 +58,13 @@ class Zeropoint(Scheme):
         zp = np.clip(np.rint(-lo / scale), 0, levels).astype(np.uint8)
         return ZeropointParams(lo=lo, hi=hi, scale=scale, zero_point=zp)
 
+    def searched(self, p, scale, zero_point, spec: QuantSpec) -> ZeropointParams:
+        scale = np.asarray(scale, np.float32)
+        zp = np.asarray(zero_point, np.uint8)
+        lo = (-zp.astype(np.float32)) * scale
+        hi = (np.float32(spec.code_range[1]) - zp) * scale
+        return ZeropointParams(lo=lo, hi=hi, scale=scale, zero_point=zp)
+
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         qmin, qmax = spec.code_range
         t = scratch("encode", x.shape, np.float32)

@@ -1,0 +1,67 @@
+"""The searches applied to a scheme's groups: what ``quantize`` calls when ``spec.search`` is
+``mse`` or ``hqq``.
+
+Each scheme that a search fits maps to its level grid here (``GRIDS``): symmetric formats
+take ``mse_scales`` on their grid, the affine ``zeropoint`` takes ``affine_search`` (``mse``,
+``wmse``) or ``hqq_params`` (``hqq``) with an integer zero point.
+
+The objective: ``mse`` minimizes the plain squared error, the one ``quant report`` measures;
+``wmse`` weights each weight's squared error by rms(group) + |x| (llama.cpp's Q4_K weighting:
+large weights matter more to a model's output than their share of the squared error says,
+which is why llama.cpp found MSE-optimal scales gave a worse perplexity than plain rounding);
+its plain error can be higher than round-to-nearest's. ``hqq`` runs HQQ's lp-norm optimizer
+and keeps its zero points where they lower the plain squared error. Every search starts from the
+scheme's own round-to-nearest parameters and keeps them for any group it cannot strictly
+improve, so a searched tensor is never worse than round-to-nearest on the objective, group by
+group (docs/SEARCH.md has the objective and what it does not promise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from quantcli.core.search.affine import AffineParams, affine_search
+from quantcli.core.search.grids import NF4, Grid, int_grid
+from quantcli.core.search.hqq import hqq_params
+from quantcli.core.search.symmetric import mse_scales
+
+SEARCHES = ("none", "mse", "wmse", "hqq")
+WEIGHTS = {"mse": "plain", "wmse": "rms_abs", "hqq": "plain"}
+
+# scheme -> (the grid of its levels for a bit width, whether the scale may be negative)
+GRIDS: dict[str, Callable[[int], tuple[Grid, bool]]] = {
+    "absmax": lambda bits: (int_grid(bits), False),
+    "fullrange": lambda bits: (int_grid(bits, full_range=True), True),
+    "fullrange-ct": lambda bits: (int_grid(bits, full_range=True), False),
+    "nf4": lambda bits: (NF4, False),
+}
+AFFINE = ("zeropoint",)
+
+
+def searches_for(scheme: str) -> tuple[str, ...]:
+    """The searches ``scheme`` takes, "none" first."""
+    if scheme in AFFINE:
+        return SEARCHES
+    if scheme in GRIDS:
+        return ("none", "mse", "wmse")
+    return ("none",)
+
+
+def refine_symmetric(x, search: str, scheme: str, bits: int, rtn, scale_dtype, name: str):
+    """Searched scales, float32 (G,), for groups x float32 (G, n) of a symmetric scheme whose
+    round-to-nearest scales are ``rtn`` (G,)."""
+    grid, mirror = GRIDS[scheme](bits)
+    return mse_scales(
+        x, grid, weights=WEIGHTS[search], rtn=rtn, scale_dtype=scale_dtype, mirror=mirror,
+        name=name,
+    )  # fmt: skip
+
+
+def refine_affine(x, search: str, bits: int, scale, zero_point, scale_dtype, name: str):
+    """(scale float32 (G,), zero point uint8 (G,)) searched for groups x (G, n) of the
+    zeropoint scheme, starting from its round-to-nearest ``scale`` and ``zero_point``."""
+    rtn = AffineParams(scale=scale, zero_point=zero_point)
+    run = hqq_params if search == "hqq" else affine_search
+    weights = WEIGHTS[search]
+    p = run(x, bits, "integer", weights=weights, rtn=rtn, scale_dtype=scale_dtype, name=name)
+    return p.scale, p.zero_point
