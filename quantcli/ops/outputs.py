@@ -115,8 +115,15 @@ def write_file(output: str, inputs: list[Path], force: bool, write: ShardWriter)
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY) as spool:
             write(spool)
             spool.seek(0)
-            shutil.copyfileobj(spool, sys.stdout.buffer, 1 << 20)
-        sys.stdout.buffer.flush()
+            try:
+                shutil.copyfileobj(spool, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError as exc:
+                raise OutputError(
+                    "broken pipe in <stdout>: the program reading quant's output closed it "
+                    "before the whole file was sent, so it has a truncated file; check the "
+                    "command after the |"
+                ) from exc
         return []
     check_output(Path(output), inputs, force)
     try:
