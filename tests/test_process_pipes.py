@@ -20,12 +20,18 @@ from processes import QUANT, run, temp_files
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX pipes, bash")
 
 
-@pytest.fixture
-def folder(tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """in.npy, q.safetensors (quant compress in.npy) and q.restored.npy (quant decompress q):
+    the outputs every run below must reproduce byte for byte."""
+    folder = tmp_path_factory.mktemp("pipes")
     rng = np.random.default_rng(0)
     # 1 MiB of int8 codes quantized: more than a pipe holds (64 KiB on Linux)
-    np.save(tmp_path / "in.npy", rng.standard_normal((1024, 1024), dtype=np.float32))
-    return tmp_path
+    np.save(folder / "in.npy", rng.standard_normal((1024, 1024), dtype=np.float32))
+    assert run(["compress", "in.npy", "-o", "q.safetensors"], cwd=folder).returncode == 0
+    restored = run(["decompress", "q.safetensors", "-o", "q.restored.npy"], cwd=folder)
+    assert restored.returncode == 0 and restored.stderr, restored.stderr  # a report to lose
+    return folder
 
 
 def closed_pipe() -> int:
@@ -42,26 +48,28 @@ def run_into(args: list, stdout, stderr, cwd: Path) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize(
-    "args",
+    "args, reference",
     [
-        pytest.param(["compress", "in.npy", "-o", "out.safetensors"], id="compress"),
-        pytest.param(["compress", "in.npy", "-o", "out.safetensors", "--json"], id="json"),
-        pytest.param(["decompress", "q.safetensors", "-o", "out.npy"], id="decompress"),
+        pytest.param(
+            ["compress", "in.npy", "-o", "o1.safetensors"], "q.safetensors", id="compress"
+        ),
+        pytest.param(
+            ["compress", "in.npy", "-o", "o2.safetensors", "--json"], "q.safetensors", id="json"
+        ),
+        pytest.param(
+            ["decompress", "q.safetensors", "-o", "o3.npy"], "q.restored.npy", id="decompress"
+        ),
     ],
 )
-def test_a_closed_pipe_does_not_fail_a_finished_job(folder, args):
+def test_a_closed_pipe_does_not_fail_a_finished_job(folder, args, reference):
     """``quant ... 2>&1 | head -2`` with head gone before quant prints: exit 0, whole output."""
-    assert run(["compress", "in.npy", "-o", "q.safetensors", "-q"], cwd=folder).returncode == 0
-    out = folder / args[3]
-    reference = run([*args[:3], "reference" + out.suffix, *args[4:]], cwd=folder)
-    assert reference.returncode == 0 and reference.stderr, reference.stderr  # a report to lose
     pipe = closed_pipe()
     try:
         result = run_into(args, stdout=pipe, stderr=pipe, cwd=folder)
     finally:
         os.close(pipe)
     assert result.returncode == 0
-    assert out.read_bytes() == (folder / ("reference" + out.suffix)).read_bytes()
+    assert (folder / args[3]).read_bytes() == (folder / reference).read_bytes()
     assert temp_files(folder) == []
 
 
@@ -75,11 +83,7 @@ def test_head_2_on_the_report(folder):
     assert result.returncode == 0, result.stderr  # pipefail: quant's own exit code
     lines = result.stdout.decode().splitlines()
     assert len(lines) == 2 and lines[0].startswith("in.npy -> out.safetensors ")
-    reference = run(["compress", "in.npy", "-o", "reference.safetensors", "-q"], cwd=folder)
-    assert reference.returncode == 0
-    assert (folder / "out.safetensors").read_bytes() == (
-        folder / "reference.safetensors"
-    ).read_bytes()
+    assert (folder / "out.safetensors").read_bytes() == (folder / "q.safetensors").read_bytes()
 
 
 def test_a_binary_output_cut_short_on_stdout_is_an_error(folder):
