@@ -130,7 +130,7 @@ def write_file(output: str, inputs: list[Path], force: bool, write: ShardWriter)
         with atomic_write(Path(output), replace=force) as f:
             write(f)
     except OutputConflictError as exc:
-        raise _exists(Path(exc.path), meanwhile=True) from exc
+        raise _exists(Path(getattr(exc, "path", output)), meanwhile=True) from exc
     return [output]
 
 
@@ -169,5 +169,5 @@ def write_sharded(
             with group.open(folder / index_name) as f:
                 f.write(json.dumps(index, indent=2).encode() + b"\n")
     except OutputConflictError as exc:
-        raise _exists(folder if new else Path(exc.path), meanwhile=True) from exc
+        raise _exists(folder if new else Path(getattr(exc, "path", folder)), True) from exc
     return [str(folder / file) for file, _ in shards] + [str(folder / index_name)]
