@@ -3,8 +3,9 @@
 Through the real ``quant`` in a subprocess, given such a name as raw bytes on its command line:
 every message and table shows the bad bytes escaped (``w\\xff.npy``), JSON output stays
 strictly valid (no lone surrogates), and a default output goes beside the input under the
-same raw bytes. Each test runs in the default environment and with a strict UTF-8 stdout, which
-is what Python gives in a UTF-8 locale such as en_US.UTF-8.
+same raw bytes. The tests run with a strict UTF-8 stdout, which is what Python gives in a
+UTF-8 locale such as en_US.UTF-8; those that print tables also in the environment the tests
+run in.
 """
 
 from __future__ import annotations
@@ -28,13 +29,25 @@ NAME = b"w\xff.npy"
 SHOWN = "w\\xff.npy"  # how quant prints it
 
 
-@pytest.fixture(params=["default", "utf-8 locale"])
-def env(request) -> dict[str, str]:
+def environment(strict: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
     env["COLUMNS"] = "200"
-    if request.param == "utf-8 locale":
+    if strict:
         env["PYTHONIOENCODING"] = "utf-8"  # stdout strict, as in en_US.UTF-8
     return env
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    """A UTF-8 locale's streams: the strictest, where stdout fails on a bad byte."""
+    return environment(strict=True)
+
+
+@pytest.fixture(params=["default", "utf-8 locale"])
+def any_env(request) -> dict[str, str]:
+    """Also the environment the tests run in (here C.UTF-8, whose stdout would write the raw
+    bytes: quant must escape them there too)."""
+    return environment(strict=request.param == "utf-8 locale")
 
 
 @pytest.fixture
@@ -77,8 +90,8 @@ def strict_json(stream: bytes):
     return data
 
 
-def test_compress_writes_beside_it_under_the_same_bytes(folder, env):
-    result = quant(folder, env, "compress", NAME)
+def test_compress_writes_beside_it_under_the_same_bytes(folder, any_env):
+    result = quant(folder, any_env, "compress", NAME)
     assert result.returncode == 0, result.stderr
     assert names(folder) == [b"w\xff.absmax-int8.safetensors", NAME]
     assert text(result.stderr).startswith(f"{SHOWN} -> w\\xff.absmax-int8.safetensors ")
@@ -105,11 +118,11 @@ def test_json_output_stays_valid(folder, env):
     assert strict_json(result.stdout)["input"] == SHOWN
 
 
-def test_tables_on_stdout_and_stderr(folder, env):
-    result = quant(folder, env, "inspect", NAME)
+def test_tables_on_stdout_and_stderr(folder, any_env):
+    result = quant(folder, any_env, "inspect", NAME)
     assert result.returncode == 0, result.stderr
     assert text(result.stdout).startswith(f"{SHOWN}: npy\n")
-    result = quant(folder, env, "report", NAME)
+    result = quant(folder, any_env, "report", NAME)
     assert result.returncode == 0, result.stderr
     assert f"{SHOWN}: 1 tensor quantized" in text(result.stdout + result.stderr)
 

@@ -17,6 +17,7 @@ import signal
 import sys
 import traceback
 import warnings
+from typing import NoReturn
 
 import typer
 from typer._click import exceptions as click_errors  # Typer >= 0.27 vendors Click here
@@ -84,12 +85,38 @@ def configure_streams() -> None:
             stream.reconfigure(errors="quant.escape")
 
 
-def fail(message: str, code: int) -> None:
-    typer.echo(f"Error: {one_line(message)}", err=True)
+def fail(message: str, code: int) -> NoReturn:
+    try:
+        typer.echo(f"Error: {one_line(message)}", err=True)
+    except OSError:
+        pass  # stderr's reader is gone too (`2>&1 | head`): the exit code still tells
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    """``sys.exit(code)``, once stdout and stderr can be flushed: Python flushes both on its
+    way out and turns the exit code into 120 if that fails, so a stream whose reader went away
+    (a closed pipe) is pointed at the null device first."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+            except (OSError, ValueError):
+                pass  # not a real file descriptor: nothing is flushed to it at exit
     sys.exit(code)
 
 
-def _interrupted() -> None:
+class _ReaderGone(Exception):
+    """The program reading quant's text (a report, a table, JSON) closed the pipe."""
+
+
+def _interrupted() -> NoReturn:
     where = f"quant {_command}" if _command else "quant"
     fail(
         f"interrupted in {where}: stopped (Ctrl-C) before finishing, so no output was written "
@@ -134,7 +161,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
-def _terminated(signum: int) -> None:
+def _terminated(signum: int) -> NoReturn:
     where = f"quant {_command}" if _command else "quant"
     fail(
         f"terminated ({signal.Signals(signum).name}) in {where}: stopped by the signal before "
@@ -171,10 +198,10 @@ class QuantGroup(TyperGroup):
             _interrupted()
         except Terminated as exc:
             _terminated(exc.signum)
-        except BrokenPipeError:
-            # the reader of our stdout went away (e.g. `| head`): not an error of ours
-            sys.stderr.close()
-            sys.exit(1)
+        except _ReaderGone:
+            # `| head` read what it wanted: what is printed comes after the job's outputs
+            # were written whole (a binary output on stdout cut short is an OutputError)
+            _exit(0)
         except OSError as exc:
             # Outside the library's own checks, e.g. writing `-o -` to a full disk: the
             # environment, not a bug, so one line (the traceback with --debug).
@@ -196,7 +223,22 @@ class QuantGroup(TyperGroup):
             )
         if rv == 130:  # Typer turns Ctrl-C into exit code 130 after the outputs were cleaned up
             _interrupted()
-        sys.exit(rv if isinstance(rv, int) else 0)
+        _exit(rv if isinstance(rv, int) else 0)
+
+    # Typer exits 1 on a closed pipe, failing a finished job because its report went unread
+    # (or `quant --help | head -1`); these two hand it to ``main`` instead
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError as exc:
+            raise _ReaderGone() from exc
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise _ReaderGone() from exc
 
 
 app = typer.Typer(

@@ -22,11 +22,35 @@ from quantcli.cli.app import printable
 PIPE_WIDTH = 160
 
 
+class _Console(Console):
+    """A Rich console that outlives its reader.
+
+    When the pipe it writes to is closed (``quant compress ... 2>&1 | head -2``) Rich would
+    exit with code 1, failing a job whose outputs were written whole; this console goes quiet
+    instead and the command ends as it would have (exit 0 for a finished job).
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _point_at_null(self.file)
+
+
+def _point_at_null(stream) -> None:
+    """Send what is still to be written to ``stream``, whose pipe is closed, to the null
+    device: Python flushes it again on exit and would fail (exit code 120) on the pipe."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass  # not a real file descriptor (a test's capture): nothing is flushed there
+
+
 def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     piped = not stream.isatty() and "COLUMNS" not in os.environ
     # markup off: tensor names like "a[0]" must print as they are
-    return Console(
+    return _Console(
         stderr=stderr, highlight=False, markup=False, width=PIPE_WIDTH if piped else None
     )
 
@@ -113,8 +137,13 @@ def json_safe(value):
 
 
 def print_json(data) -> None:
-    sys.stdout.write(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`| head -1`): the report on stderr still comes, as with
+        # _Console, and the command ends as it would have
+        _point_at_null(sys.stdout)
 
 
 @contextmanager

@@ -115,15 +115,22 @@ def write_file(output: str, inputs: list[Path], force: bool, write: ShardWriter)
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY) as spool:
             write(spool)
             spool.seek(0)
-            shutil.copyfileobj(spool, sys.stdout.buffer, 1 << 20)
-        sys.stdout.buffer.flush()
+            try:
+                shutil.copyfileobj(spool, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError as exc:
+                raise OutputError(
+                    "broken pipe in <stdout>: the program reading quant's output closed it "
+                    "before the whole file was sent, so it has a truncated file; check the "
+                    "command after the |"
+                ) from exc
         return []
     check_output(Path(output), inputs, force)
     try:
         with atomic_write(Path(output), replace=force) as f:
             write(f)
     except OutputConflictError as exc:
-        raise _exists(Path(exc.path), meanwhile=True) from exc
+        raise _exists(Path(getattr(exc, "path", output)), meanwhile=True) from exc
     return [output]
 
 
@@ -162,5 +169,5 @@ def write_sharded(
             with group.open(folder / index_name) as f:
                 f.write(json.dumps(index, indent=2).encode() + b"\n")
     except OutputConflictError as exc:
-        raise _exists(folder if new else Path(exc.path), meanwhile=True) from exc
+        raise _exists(folder if new else Path(getattr(exc, "path", folder)), True) from exc
     return [str(folder / file) for file, _ in shards] + [str(folder / index_name)]
