@@ -52,39 +52,51 @@ def round_half_away(v: np.ndarray) -> np.ndarray:
 
 
 def sum_rows(a: np.ndarray) -> np.ndarray:
-    """Sum of a C-contiguous (n, m) float32 array over axis 0 in index order,
-    ``((a[0] + a[1]) + a[2]) + ...``, as C's ``for`` loops accumulate: NumPy reduces the
-    outer axis of a contiguous array row by row (over the inner axis it sums pairwise)."""
-    return np.add.reduce(np.ascontiguousarray(a), axis=0)
+    """Sum of a float32 (n, m) array over axis 0 in index order, ``((a[0] + a[1]) + a[2]) +
+    ...``, as C's ``for`` loops accumulate: NumPy reduces the outer axis of a C-contiguous
+    array row by row (over the inner axis, or a strided view, it may sum in another order,
+    so other arrays are made contiguous first)."""
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return np.add.reduce(a, axis=0)
 
 
 def _einsum_sums_in_order() -> bool:
-    """Whether ``np.einsum("is,is->s")`` rounds each product to float32 and adds them in
-    index order, as ``dot_rows`` needs: true of NumPy's plain C loops; a build whose kernel
-    fuses multiply and add (FMA) would not be, and is detected here on random data."""
+    """Whether ``np.einsum("is,is->s")`` and ``np.einsum("is,is,is->s")`` round each product
+    to float32 (``(a*b)*c`` for three) and add them in index order, as ``dot_rows`` needs:
+    true of NumPy's C loops; a build whose kernel fused multiply and add (FMA) would not be,
+    and is detected here on random data."""
     rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((2, 32, 256)) * 10.0 ** rng.uniform(-4, 4, (2, 32, 256))).astype(
+    a, b, c = (rng.standard_normal((3, 32, 256)) * 10.0 ** rng.uniform(-4, 4, (3, 32, 256))).astype(
         np.float32
     )
-    expected = a[0] * b[0]
+    two, three = a[0] * b[0], (a[0] * b[0]) * c[0]
     for i in range(1, a.shape[0]):
-        expected += a[i] * b[i]
-    return bool(np.array_equal(np.einsum("is,is->s", a, b, optimize=False), expected))
+        two += a[i] * b[i]
+        three += (a[i] * b[i]) * c[i]
+    return bool(
+        np.array_equal(np.einsum("is,is->s", a, b, optimize=False), two)
+        and np.array_equal(np.einsum("is,is,is->s", a, b, c, optimize=False), three)
+    )
 
 
 _EINSUM_IN_ORDER: bool | None = None
 
 
-def dot_rows(a: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """``sum_rows(a * b)`` for C-contiguous float32 (n, m) arrays: each product rounded to
-    float32, then summed over axis 0 in index order. ``np.einsum`` does both in one pass when
-    it is exact (checked once); otherwise the product goes through ``scratch`` (n, m)."""
+def dot_rows(*factors: np.ndarray) -> np.ndarray:
+    """``sum_rows(a * b)`` or ``sum_rows((a * b) * c)`` of C-contiguous float32 (n, m)
+    arrays: each product rounded to float32 in that order, then summed over axis 0 in index
+    order. ``np.einsum`` does it in one pass when it is exact (checked once)."""
     global _EINSUM_IN_ORDER
     if _EINSUM_IN_ORDER is None:
         _EINSUM_IN_ORDER = _einsum_sums_in_order()
     if _EINSUM_IN_ORDER:
-        return np.einsum("is,is->s", a, b, optimize=False)
-    return np.add.reduce(np.multiply(a, b, out=scratch), axis=0)
+        spec = "is,is->s" if len(factors) == 2 else "is,is,is->s"
+        return np.einsum(spec, *factors, optimize=False)
+    product = factors[0] * factors[1]
+    for f in factors[2:]:
+        np.multiply(product, f, out=product)
+    return np.add.reduce(product, axis=0)
 
 
 def nearest_int(v: np.ndarray) -> np.ndarray:

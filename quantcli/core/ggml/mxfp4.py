@@ -16,10 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from quantcli.core.ggml.common import F32
-from quantcli.core.ggml.legacy import pack_nibbles, unpack_nibbles
+from quantcli.core.ggml.legacy import pack_nibbles
 
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
 GRID = KVALUES[:8]
+# byte -> (value of its low nibble's code, value of its high nibble's code)
+PAIRS = np.stack([np.tile(KVALUES, 16), np.repeat(KVALUES, 16)], axis=1)
 # the grid point at or below a, for a = |x| / d in [0, 16), indexed by floor(a)
 GRID_BELOW = np.array([0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7], np.uint8)
 
@@ -45,7 +47,7 @@ def shared_exponent(amax: np.ndarray) -> np.ndarray:
 def encode_mxfp4(x: np.ndarray, out: np.ndarray) -> None:
     """float32 (n, 32) -> uint8 (n, 17) ``out``."""
     ax = np.abs(x)
-    e = shared_exponent(ax.max(axis=1))
+    e = shared_exponent(np.take_along_axis(ax, ax.argmax(axis=1)[:, None], axis=1)[:, 0])
     d = e8m0_half(e)[:, None]
     # |x| / d exactly (d is a power of two): which two grid points bracket |x|
     a = np.ldexp(ax, (128 - e.astype(np.int32))[:, None])
@@ -64,7 +66,6 @@ def encode_mxfp4(x: np.ndarray, out: np.ndarray) -> None:
 
 def decode_mxfp4(raw: np.ndarray, out: np.ndarray) -> None:
     """uint8 (n, 17) -> float32 (n, 32) ``out``: kvalue * d."""
-    codes = np.empty(out.shape, np.uint8)
-    unpack_nibbles(raw[:, 1:], codes)
-    np.take(KVALUES, codes, out=out)
-    np.multiply(out, e8m0_half(raw[:, :1]), out=out)
+    pairs = np.take(PAIRS, raw[:, 1:], axis=0)  # (n, 16, 2): elements j and j + 16
+    d = e8m0_half(raw[:, :1])[:, :, None]
+    np.multiply(pairs.transpose(0, 2, 1), d, out=out.reshape(-1, 2, 16))
