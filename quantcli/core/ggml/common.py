@@ -109,3 +109,27 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     np.bitwise_and(bits, 0x007FFFFF, out=bits)
     np.subtract(bits, 0x00400000, out=bits)
     return bits.astype(np.float32)
+
+
+_LOW_BITS = np.uint64(0x0101010101010101)
+
+
+def pack_bit_planes(bits: np.ndarray) -> np.ndarray:
+    """uint8 (B, 8, 32) of 0/1 -> uint8 (B, 32): bit k of byte l is bits[:, k, l] (the
+    K-quants' high-bit masks). Eight bytes at a time as uint64 words: a 0/1 byte shifted by
+    k < 8 stays in its byte, whatever the machine's byte order."""
+    words = np.ascontiguousarray(bits, dtype=np.uint8).view(np.uint64)  # (B, 8, 4)
+    packed = np.left_shift(words[:, 7], np.uint64(7))
+    for k in range(6, -1, -1):
+        packed |= np.left_shift(words[:, k], np.uint64(k))
+    return packed.view(np.uint8)
+
+
+def unpack_bit_planes(mask: np.ndarray) -> np.ndarray:
+    """uint8 (B, 32) -> uint8 (B, 8, 32) of 0/1, the inverse of ``pack_bit_planes``."""
+    words = np.ascontiguousarray(mask).view(np.uint64)  # (B, 4)
+    planes = np.empty((words.shape[0], 8, words.shape[1]), np.uint64)
+    for k in range(8):
+        np.right_shift(words, np.uint64(k), out=planes[:, k])
+    planes &= _LOW_BITS
+    return planes.view(np.uint8)
