@@ -152,3 +152,16 @@ def test_relative_mse_of_q8_0_and_mxfp4_follow_their_step_sizes(gaussian):
     err_mx = relative_mse(w, mx.decode(mx.encode(w), w.shape[1]))
     q4 = GGML_TYPES["Q4_0"]
     assert relative_mse(w, q4.decode(q4.encode(w), w.shape[1])) < err_mx < 0.02
+
+
+def test_mxfp4_ties_go_to_the_smaller_magnitude():
+    # amax 12: e = floor(log2 12) - 2 + 127 = 128, d = 2**(e - 128) = 1, so the grid is
+    # 0 1 2 3 4 6 8 12 itself and 0.5, 2.5, 5, 7, 10 lie exactly between two points
+    x = np.zeros((1, 32), np.float32)
+    x[0, :12] = [12, 0.5, -0.5, 2.5, -2.5, 5, 7, 10, -10, 1.4, 1.6, -7.5]
+    mx = GGML_TYPES["MXFP4"]
+    raw = mx.encode(x)
+    assert raw[0, 0] == 128
+    restored = mx.decode(raw, 32)[0, :12]
+    np.testing.assert_array_equal(restored, [12, 0, 0, 2, -2, 4, 6, 8, -8, 1, 2, -8])
+    np.testing.assert_array_equal(raw, ref_quantize(x, "MXFP4"))

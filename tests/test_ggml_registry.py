@@ -155,3 +155,16 @@ def test_non_contiguous_input():
     for t in GGML_TYPES.values():
         view = x[::2, ::2]
         np.testing.assert_array_equal(t.encode(view), t.encode(np.ascontiguousarray(view)))
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    x = mixed_weights(12, 2048)
+    single = {name: t.encode(x) for name, t in GGML_TYPES.items()}
+    monkeypatch.setenv("QUANT_THREADS", "2")
+    for name, t in GGML_TYPES.items():
+        small = dataclasses.replace(t, chunk_elements=t.block_size * 5)
+        np.testing.assert_array_equal(small.encode(x), single[name])
+        np.testing.assert_array_equal(
+            small.decode(single[name], x.shape[1]).view(np.uint32),
+            t.decode(single[name], x.shape[1]).view(np.uint32),
+        )

@@ -52,39 +52,51 @@ def round_half_away(v: np.ndarray) -> np.ndarray:
 
 
 def sum_rows(a: np.ndarray) -> np.ndarray:
-    """Sum of a C-contiguous (n, m) float32 array over axis 0 in index order,
-    ``((a[0] + a[1]) + a[2]) + ...``, as C's ``for`` loops accumulate: NumPy reduces the
-    outer axis of a contiguous array row by row (over the inner axis it sums pairwise)."""
-    return np.add.reduce(np.ascontiguousarray(a), axis=0)
+    """Sum of a float32 (n, m) array over axis 0 in index order, ``((a[0] + a[1]) + a[2]) +
+    ...``, as C's ``for`` loops accumulate: NumPy reduces the outer axis of a C-contiguous
+    array row by row (over the inner axis, or a strided view, it may sum in another order,
+    so other arrays are made contiguous first)."""
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return np.add.reduce(a, axis=0)
 
 
 def _einsum_sums_in_order() -> bool:
-    """Whether ``np.einsum("is,is->s")`` rounds each product to float32 and adds them in
-    index order, as ``dot_rows`` needs: true of NumPy's plain C loops; a build whose kernel
-    fuses multiply and add (FMA) would not be, and is detected here on random data."""
+    """Whether ``np.einsum("is,is->s")`` and ``np.einsum("is,is,is->s")`` round each product
+    to float32 (``(a*b)*c`` for three) and add them in index order, as ``dot_rows`` needs:
+    true of NumPy's C loops; a build whose kernel fused multiply and add (FMA) would not be,
+    and is detected here on random data."""
     rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((2, 32, 256)) * 10.0 ** rng.uniform(-4, 4, (2, 32, 256))).astype(
+    a, b, c = (rng.standard_normal((3, 32, 256)) * 10.0 ** rng.uniform(-4, 4, (3, 32, 256))).astype(
         np.float32
     )
-    expected = a[0] * b[0]
+    two, three = a[0] * b[0], (a[0] * b[0]) * c[0]
     for i in range(1, a.shape[0]):
-        expected += a[i] * b[i]
-    return bool(np.array_equal(np.einsum("is,is->s", a, b, optimize=False), expected))
+        two += a[i] * b[i]
+        three += (a[i] * b[i]) * c[i]
+    return bool(
+        np.array_equal(np.einsum("is,is->s", a, b, optimize=False), two)
+        and np.array_equal(np.einsum("is,is,is->s", a, b, c, optimize=False), three)
+    )
 
 
 _EINSUM_IN_ORDER: bool | None = None
 
 
-def dot_rows(a: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """``sum_rows(a * b)`` for C-contiguous float32 (n, m) arrays: each product rounded to
-    float32, then summed over axis 0 in index order. ``np.einsum`` does both in one pass when
-    it is exact (checked once); otherwise the product goes through ``scratch`` (n, m)."""
+def dot_rows(*factors: np.ndarray) -> np.ndarray:
+    """``sum_rows(a * b)`` or ``sum_rows((a * b) * c)`` of C-contiguous float32 (n, m)
+    arrays: each product rounded to float32 in that order, then summed over axis 0 in index
+    order. ``np.einsum`` does it in one pass when it is exact (checked once)."""
     global _EINSUM_IN_ORDER
     if _EINSUM_IN_ORDER is None:
         _EINSUM_IN_ORDER = _einsum_sums_in_order()
     if _EINSUM_IN_ORDER:
-        return np.einsum("is,is->s", a, b, optimize=False)
-    return np.add.reduce(np.multiply(a, b, out=scratch), axis=0)
+        spec = "is,is->s" if len(factors) == 2 else "is,is,is->s"
+        return np.einsum(spec, *factors, optimize=False)
+    product = factors[0] * factors[1]
+    for f in factors[2:]:
+        np.multiply(product, f, out=product)
+    return np.add.reduce(product, axis=0)
 
 
 def nearest_int(v: np.ndarray) -> np.ndarray:
@@ -97,3 +109,27 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     np.bitwise_and(bits, 0x007FFFFF, out=bits)
     np.subtract(bits, 0x00400000, out=bits)
     return bits.astype(np.float32)
+
+
+_LOW_BITS = np.uint64(0x0101010101010101)
+
+
+def pack_bit_planes(bits: np.ndarray) -> np.ndarray:
+    """uint8 (B, 8, 32) of 0/1 -> uint8 (B, 32): bit k of byte l is bits[:, k, l] (the
+    K-quants' high-bit masks). Eight bytes at a time as uint64 words: a 0/1 byte shifted by
+    k < 8 stays in its byte, whatever the machine's byte order."""
+    words = np.ascontiguousarray(bits, dtype=np.uint8).view(np.uint64)  # (B, 8, 4)
+    packed = np.left_shift(words[:, 7], np.uint64(7))
+    for k in range(6, -1, -1):
+        packed |= np.left_shift(words[:, k], np.uint64(k))
+    return packed.view(np.uint8)
+
+
+def unpack_bit_planes(mask: np.ndarray) -> np.ndarray:
+    """uint8 (B, 32) -> uint8 (B, 8, 32) of 0/1, the inverse of ``pack_bit_planes``."""
+    words = np.ascontiguousarray(mask).view(np.uint64)  # (B, 4)
+    planes = np.empty((words.shape[0], 8, words.shape[1]), np.uint64)
+    for k in range(8):
+        np.right_shift(words, np.uint64(k), out=planes[:, k])
+    planes &= _LOW_BITS
+    return planes.view(np.uint8)

@@ -48,10 +48,9 @@ def make_qkx2_quants(
     lo = x.min(axis=0)
     hi = x.max(axis=0)
     tmp = np.empty_like(x)
-    wl = np.empty_like(x)
     codes = np.empty_like(x)
     sum_w = sum_rows(weights)
-    sum_x = dot_rows(weights, x, tmp)
+    sum_x = dot_rows(weights, x)
     np.minimum(lo, F32(0), out=lo)
     flat = hi == lo
     bounds = (np.zeros_like(x), np.full_like(x, nmax_f))
@@ -67,9 +66,9 @@ def make_qkx2_quants(
         np.subtract(tmp, x, out=tmp)
         if use_mad:
             np.abs(tmp, out=tmp)
-        else:
-            np.multiply(tmp, tmp, out=tmp)
-        return dot_rows(weights, tmp, wl)
+            return dot_rows(weights, tmp)
+        # w * (d * d), one rounded product after the other
+        return dot_rows(tmp, tmp, weights)
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = nmax_f / (hi - lo)
@@ -83,25 +82,24 @@ def make_qkx2_quants(
         for k in range(nstep + 1):
             cand = (F32(rmin) + F32(rdelta) * F32(k) + nmax_f) / (hi - mn)
             quantize(cand, mn)
-            np.multiply(weights, codes, out=wl)
-            sum_l = sum_rows(wl)
-            sum_l2 = dot_rows(wl, codes, tmp)
-            sum_xl = dot_rows(wl, x, tmp)
+            sum_l = dot_rows(weights, codes)
+            sum_l2 = dot_rows(weights, codes, codes)
+            sum_xl = dot_rows(weights, codes, x)
             det = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
             clamp = this_min > 0
             if clamp.any():
-                this_min[clamp] = 0
-                this_scale[clamp] = sum_xl[clamp] / sum_l2[clamp]
+                np.putmask(this_min, clamp, F32(0))
+                np.putmask(this_scale, clamp, sum_xl / sum_l2)
             error = weighted_error(this_scale, this_min)
             better = (det > 0) & (error < best_error)
             if better.any():
-                np.copyto(best_error, error, where=better)
-                np.copyto(best_iscale, cand, where=better)
-                np.copyto(best_origin, mn, where=better)
-                np.copyto(scale, this_scale, where=better)
-                np.copyto(mn, this_min, where=better)
+                np.putmask(best_error, better, error)
+                np.putmask(best_iscale, better, cand)
+                np.putmask(best_origin, better, mn)
+                np.putmask(scale, better, this_scale)
+                np.putmask(mn, better, this_min)
         # the kept candidate's codes, recomputed from its inverse scale and origin
         quantize(best_iscale, best_origin)
     if flat.any():
@@ -150,17 +148,12 @@ def make_qx_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     w = x * x
     wx = w * x
     codes = np.empty_like(x)
-    tmp = np.empty_like(x)
-    tmp2 = np.empty_like(x)
     bounds = (np.full_like(x, -nmax_f), np.full_like(x, nmax_f - 1))
 
     def sums(iscale):
         np.multiply(x, iscale, out=codes)
         _round_clip(codes, bounds, False)
-        sumlx = dot_rows(wx, codes, tmp)
-        np.multiply(w, codes, out=tmp)
-        suml2 = dot_rows(tmp, codes, tmp2)
-        return sumlx, suml2
+        return dot_rows(wx, codes), dot_rows(w, codes, codes)
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         best_iscale = -nmax_f / peak
@@ -174,9 +167,9 @@ def make_qx_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
             sumlx, suml2 = sums(iscale)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
             if better.any():
-                np.copyto(best_iscale, iscale, where=better)
-                np.copyto(scale, sumlx / suml2, where=better)
-                np.copyto(best, scale * sumlx, where=better)
+                np.putmask(best_iscale, better, iscale)
+                np.putmask(scale, better, sumlx / suml2)
+                np.putmask(best, better, scale * sumlx)
         np.multiply(x, best_iscale, out=codes)
         _round_clip(codes, bounds, False)
     np.add(codes, nmax_f, out=codes)
@@ -205,21 +198,23 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
         _round_clip(codes, bounds, False)
         w = x * x
         wx = w * x
-        sumlx = dot_rows(wx, codes, np.empty_like(x))
-        suml2 = dot_rows(w * codes, codes, np.empty_like(x))
+        sumlx = dot_rows(wx, codes)
+        suml2 = dot_rows(w, codes, codes)
         # the first pass works on the full arrays in place; later ones on gathered copies of
         # the columns (sub-blocks) that changed in the pass before, written back after it
         active = None
         xa, wa, wxa, la, slxa, sl2a = x, w, wx, codes, sumlx, suml2
         for _ in range(5):
             changed = np.zeros(xa.shape[1], bool)
+            low, high = np.full(xa.shape[1], lo), np.full(xa.shape[1], hi)
             for i in range(n):
                 li, wi, wxi, xi = la[i], wa[i], wxa[i], xa[i]
                 slx = slxa - wxi * li
                 sl2 = sl2a - (wi * li) * li
                 # the quotient is unbounded where slx nears 0: nearest_int wraps there as in C
                 new = nearest_int((xi * sl2) / slx)
-                np.clip(new, lo, hi, out=new)
+                np.minimum(new, high, out=new)
+                np.maximum(new, low, out=new)
                 take = slx > 0
                 take &= new != li
                 slx += wxi * new
@@ -228,9 +223,9 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
                 take &= (slx * slx) * sl2a > (slxa * slxa) * sl2
                 if take.any():
                     changed |= take
-                    np.copyto(li, new, where=take)
-                    np.copyto(slxa, slx, where=take)
-                    np.copyto(sl2a, sl2, where=take)
+                    np.putmask(li, take, new)
+                    np.putmask(slxa, take, slx)
+                    np.putmask(sl2a, take, sl2)
             if active is not None:
                 codes[:, active] = la
                 sumlx[active] = slxa

@@ -33,25 +33,44 @@ QK = 32
 HALF = QK // 2
 
 
+def _pick(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """x[i, index[i]] for float32 (n, 32) and intp (n,) -> (n,)."""
+    return np.take_along_axis(x, index[:, None], axis=1)[:, 0]
+
+
+def absmax(x: np.ndarray) -> np.ndarray:
+    """Largest magnitude of each block, float32 (n, 32) -> (n,). (argmax, then a gather, is
+    faster than NumPy's max over short rows.)"""
+    a = np.abs(x)
+    return _pick(a, a.argmax(axis=1))
+
+
 def signed_absmax(x: np.ndarray) -> np.ndarray:
-    """The value of largest magnitude of each block, float32 (n, 32) -> (n,); the first one
-    when +a and -a tie, and the block's first element when all are zero (as gguf does)."""
-    hi = x.max(axis=1)
-    lo = x.min(axis=1)
-    neg_lo = -lo
-    m = np.where(hi >= neg_lo, hi, lo)
-    # +a and -a both present, or an all-zero block: the first of largest magnitude decides
-    even = np.flatnonzero(hi == neg_lo)
-    if even.size:
-        rows = x[even]
-        m[even] = rows[np.arange(even.size), np.argmax(np.abs(rows), axis=1)]
-    return m
+    """The first value of largest magnitude of each block, float32 (n, 32) -> (n,): the
+    first of +a and -a when both occur, the first element of an all-zero block (as C's
+    strict comparison and gguf-py's argmax pick it)."""
+    return _pick(x, np.abs(x).argmax(axis=1))
+
+
+def block_min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) of each block, float32 (n, 32) -> (n,), (n,), with the sign of a zero
+    extreme as NumPy's min and max give it (which gguf-py, and so the stored m, follows)."""
+    lo = _pick(x, x.argmin(axis=1))
+    hi = _pick(x, x.argmax(axis=1))
+    for value, reduce in ((lo, np.min), (hi, np.max)):
+        zero = np.flatnonzero(value == 0)
+        if zero.size:
+            value[zero] = reduce(x[zero], axis=1)
+    return lo, hi
 
 
 def pack_nibbles(q: np.ndarray, out: np.ndarray) -> None:
-    """uint8 codes (n, 32), each < 16 -> uint8 (n, 16): j low, j + 16 high."""
-    np.left_shift(q[:, HALF:], 4, out=out)
-    np.bitwise_or(out, q[:, :HALF], out=out)
+    """uint8 codes (n, 32), each < 16 -> uint8 (n, 16): j low, j + 16 high. Eight codes at a
+    time, as uint64 words (codes below 16 shifted by 4 never carry into the next byte)."""
+    words = np.ascontiguousarray(q).view(np.uint64)  # (n, 4): codes 0-7, 8-15, 16-23, 24-31
+    packed = np.left_shift(words[:, 2:], np.uint64(4))
+    np.bitwise_or(packed, words[:, :2], out=packed)
+    out[...] = packed.view(np.uint8)
 
 
 def pack_high_bits(q: np.ndarray, out: np.ndarray) -> None:
@@ -76,7 +95,7 @@ def unpack_high_bits(qh: np.ndarray) -> np.ndarray:
 
 def encode_q8_0(x: np.ndarray, out: np.ndarray) -> None:
     """float32 (n, 32) -> uint8 (n, 34) ``out``."""
-    d = np.abs(x).max(axis=1) / F32(127)
+    d = absmax(x) / F32(127)
     v = np.multiply(x, inverse_or_zero(d)[:, None])
     q = round_half_away(v)
     f16_bytes(d, out[:, :2])
@@ -139,8 +158,7 @@ def decode_q5_0(raw: np.ndarray, out: np.ndarray) -> None:
 
 def _affine_codes(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(d, m float32 (n,), codes uint8 (n, 32)) of Q4_1 (levels 16) or Q5_1 (32)."""
-    lo = x.min(axis=1)
-    hi = x.max(axis=1)
+    lo, hi = block_min_max(x)
     with np.errstate(over="ignore"):  # max - min may overflow to inf, as in C
         d = (hi - lo) / F32(levels - 1)
     v = np.subtract(x, lo[:, None])

@@ -8,7 +8,7 @@ d = 2**(e - 128), half the E8M0 scale 2**(e - 127).
 Encoding as ``quantize_row_mxfp4_ref``: e = floor(log2(amax)) - 2 + 127 (0 for a zero block)
 and each element takes the code of least |kvalue * d - x|, the lowest code on a tie (so a
 tie goes toward zero). Only the two grid points around |x| / d can win, so the encoder
-compares those two errors, computed in float32 as C computes them, instead of all 16.
+compares |x| / d with the midpoint between them instead of computing all 16 errors.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ from __future__ import annotations
 import numpy as np
 
 from quantcli.core.ggml.common import F32
-from quantcli.core.ggml.legacy import pack_nibbles, unpack_nibbles
+from quantcli.core.ggml.legacy import pack_nibbles
 
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float32)
-GRID = KVALUES[:8]
-# the grid point at or below a, for a = |x| / d in [0, 16), indexed by floor(a)
+# byte -> (value of its low nibble's code, value of its high nibble's code)
+PAIRS = np.stack([np.tile(KVALUES, 16), np.repeat(KVALUES, 16)], axis=1)
+# for a = |x| / d in [0, 16), indexed by floor(a): the code of the grid point at or below a,
+# and the midpoint between that point and the next one up
 GRID_BELOW = np.array([0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7], np.uint8)
+MIDPOINT = np.array([0.5, 1.5, 2.5, 3.5, 5, 5, 7, 7, 10, 10, 10, 10] + [np.inf] * 4, np.float32)
 
 
 def e8m0_half(e: np.ndarray) -> np.ndarray:
@@ -45,17 +48,21 @@ def shared_exponent(amax: np.ndarray) -> np.ndarray:
 def encode_mxfp4(x: np.ndarray, out: np.ndarray) -> None:
     """float32 (n, 32) -> uint8 (n, 17) ``out``."""
     ax = np.abs(x)
-    e = shared_exponent(ax.max(axis=1))
-    d = e8m0_half(e)[:, None]
-    # |x| / d exactly (d is a power of two): which two grid points bracket |x|
-    a = np.ldexp(ax, (128 - e.astype(np.int32))[:, None])
-    np.floor(a, out=a)
+    e = shared_exponent(np.take_along_axis(ax, ax.argmax(axis=1)[:, None], axis=1)[:, 0])
+    # a = |x| / d exactly (d = 2**(e - 128) is a power of two); 2**128 overflows float32, so
+    # the rows with e = 0 take 2**127 and are doubled after
+    scale = np.ldexp(F32(1), 128 - np.maximum(e, 1).astype(np.int32)).astype(np.float32)
+    a = np.multiply(ax, scale[:, None])
+    small = np.flatnonzero(e == 0)
+    if small.size:
+        a[small] *= F32(2)
     np.minimum(a, F32(15), out=a)
-    lower = GRID_BELOW[a.astype(np.intp)]
-    upper = np.minimum(lower + 1, 7, dtype=np.uint8)
-    err_lower = np.abs(GRID[lower] * d - ax)
-    err_upper = np.abs(GRID[upper] * d - ax)
-    code = np.where(err_upper < err_lower, upper, lower)
+    index = a.astype(np.uint8)
+    # the grid point below |x| unless |x| lies above the midpoint to the next one: C's
+    # least-error search, since both errors are exact float32 differences (Sterbenz) and a
+    # tie keeps the lower code
+    code = np.take(GRID_BELOW, index)
+    code += a > np.take(MIDPOINT, index)
     # negative values take the negated grid point, 8 codes on, except 0 (code 0 comes first)
     code += ((x < 0) & (code > 0)).view(np.uint8) << 3
     out[:, 0] = e
@@ -64,7 +71,6 @@ def encode_mxfp4(x: np.ndarray, out: np.ndarray) -> None:
 
 def decode_mxfp4(raw: np.ndarray, out: np.ndarray) -> None:
     """uint8 (n, 17) -> float32 (n, 32) ``out``: kvalue * d."""
-    codes = np.empty(out.shape, np.uint8)
-    unpack_nibbles(raw[:, 1:], codes)
-    np.take(KVALUES, codes, out=out)
-    np.multiply(out, e8m0_half(raw[:, :1]), out=out)
+    pairs = np.take(PAIRS, raw[:, 1:], axis=0)  # (n, 16, 2): elements j and j + 16
+    d = e8m0_half(raw[:, :1])[:, :, None]
+    np.multiply(pairs.transpose(0, 2, 1), d, out=out.reshape(-1, 2, 16))

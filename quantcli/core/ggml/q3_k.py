@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantcli.core.ggml.common import F32, f16_bytes, f16_values, nearest_int
+from quantcli.core.ggml.common import (
+    F32,
+    f16_bytes,
+    f16_values,
+    nearest_int,
+    pack_bit_planes,
+    unpack_bit_planes,
+)
 from quantcli.core.ggml.kquant_search import (
     block_major,
     element_major,
@@ -71,7 +78,7 @@ def encode_q3_k(x: np.ndarray, out: np.ndarray) -> None:
         requant[:, keep] = codes[:, keep]
     q = block_major(requant, blocks)
     high = q >> 2
-    out[:, 0:32] = np.packbits(high.reshape(-1, 8, 32), axis=1, bitorder="little")[:, 0]
+    out[:, 0:32] = pack_bit_planes(high.reshape(-1, 8, 32))
     pack_2bit(q & 0x03, out[:, 32:96])
 
 
@@ -80,7 +87,7 @@ def decode_q3_k(raw: np.ndarray, out: np.ndarray) -> None:
     s = unpack_scales(raw[:, 96:108]).astype(np.int8) - np.int8(32)
     d = f16_values(raw[:, 108:110]) * s
     low = unpack_2bit(raw[:, 32:96])
-    high = np.unpackbits(raw[:, 0:32].reshape(-1, 1, 32), axis=1, bitorder="little")
+    high = unpack_bit_planes(raw[:, 0:32])
     v = out.reshape(-1, 16, 16)
     q = (low | (high.reshape(-1, 256) << 2)).astype(np.int8) - np.int8(4)
     np.multiply(q.reshape(-1, 16, 16), d[:, :, None], out=v)

@@ -23,7 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantcli.core.ggml.common import F32, f16_bytes, f16_values, nearest_int, sum_rows
+from quantcli.core.ggml.common import (
+    F32,
+    f16_bytes,
+    f16_values,
+    nearest_int,
+    pack_bit_planes,
+    sum_rows,
+    unpack_bit_planes,
+)
 from quantcli.core.ggml.kquant_search import (
     block_major,
     element_major,
@@ -110,7 +118,7 @@ def encode_q4_k(x: np.ndarray, out: np.ndarray) -> None:
 def encode_q5_k(x: np.ndarray, out: np.ndarray) -> None:
     """float32 (B, 256) -> uint8 (B, 176) ``out``."""
     q = _encode(x, out, 31, -0.5, 15)
-    out[:, 16:48] = np.packbits(q.reshape(-1, 8, 32) >> 4, axis=1, bitorder="little")[:, 0]
+    out[:, 16:48] = pack_bit_planes(q.reshape(-1, 8, 32) >> 4)
     q4 = (q & 0x0F).reshape(-1, 4, 2, 32)
     qs = out[:, 48:].reshape(-1, 4, 32)
     np.left_shift(q4[:, :, 1], 4, out=qs)
@@ -142,6 +150,6 @@ def decode_q5_k(raw: np.ndarray, out: np.ndarray) -> None:
     q = np.empty((raw.shape[0], 4, 2, 32), np.uint8)
     np.bitwise_and(qs[:, :, 0], 0x0F, out=q[:, :, 0])
     np.right_shift(qs[:, :, 0], 4, out=q[:, :, 1])
-    high = np.unpackbits(raw[:, 16:48].reshape(-1, 1, 32), axis=1, bitorder="little")
+    high = unpack_bit_planes(raw[:, 16:48])
     q = q.reshape(-1, 8, 32) | (high << 4)
     _decode(raw, q, out)
