@@ -281,6 +281,7 @@ def _search_chunk(
         usable = live & np.isfinite(scale) & (scale > 0)
         candidate = AffineParams(np.where(usable, scale, 1).astype(np.float32), zero_point=zp)
     t, e64 = np.empty_like(xt), np.empty(xt.shape)
+    w = None if w is None else w.astype(np.float64)  # once, for both errors
     e_base = _error(xt, base, nmax, w, t, e64)
     e_found = _error(xt, candidate, nmax, w, t, e64)
     return candidate.select(usable & (e_found < e_base), base)

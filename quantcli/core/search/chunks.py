@@ -123,7 +123,7 @@ def weighted_sq_error(x: np.ndarray, x_hat: np.ndarray, w, out64: np.ndarray) ->
     if w is None:
         return dot(out64, out64)
     np.multiply(out64, out64, out=out64)
-    return dot(out64, w.astype(np.float64))
+    return dot(out64, w if w.dtype == np.float64 else w.astype(np.float64))
 
 
 def round_to(values: np.ndarray, dtype) -> np.ndarray:

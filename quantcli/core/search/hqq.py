@@ -158,6 +158,7 @@ def _chunk(part, nmax, offset, weights, index, rtn, nonpositive, scale_dtype, op
             found = AffineParams(np.where(usable, scale, 1).astype(np.float32), zero_point=zp)
     w = transposed_weights(weights, index, xt)
     t, e64 = np.empty_like(xt), np.empty(xt.shape)
+    w = None if w is None else w.astype(np.float64)  # once, for both errors
     e_base = _error(xt, base, nmax, w, t, e64)
     e_found = _error(xt, found, nmax, w, t, e64)
     return found.select(usable & (e_found < e_base), base)

@@ -192,8 +192,9 @@ def _search_chunk(part, grid, weights, index, rtn, scale_dtype, mirror, multipli
     count = len(multipliers)
     sums = np.empty((2, count, g), np.float32)
     for k, m in enumerate(multipliers):
-        np.multiply(y, np.float32(m * reach), out=t)
-        grid.nearest(t, t, work)
+        iscale = np.float32(m * reach)
+        np.multiply(y, iscale, out=t)
+        grid.nearest(t, t, work, bound=float(iscale) * (1 + 1e-6))  # |y| <= 1
         _sums(y, t, w, wq, sums[0, k], sums[1, k])
     best, best_score = _least_squares(sums[0], sums[1], 1 / reach)
     for _ in range(steps):
@@ -213,6 +214,7 @@ def _search_chunk(part, grid, weights, index, rtn, scale_dtype, mirror, multipli
     e64 = np.empty(xt.shape)
     # w was computed on y = x * sign / amax: one positive factor per group, the same for both
     chosen = rtn_full
+    w = None if w is None else w.astype(np.float64)  # once, for every error below
     e_chosen = _error(xt, rtn_full, grid, w, t, work, e64)
     options = [found]
     if -grid.lowest != grid.highest:
