@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quantcli.core.parallel import scratch
 from quantcli.errors import SpecError
 
 # bitsandbytes' get_4bit_type("nf4")
@@ -123,8 +124,9 @@ class Grid:
     def _nearest_codebook(self, t, out, work) -> None:
         # the index is the count of midpoints below t, counted in bytes (4x less memory
         # traffic than in float32); at 16 levels this beats np.searchsorted 5x
-        count = np.zeros(t.shape, np.uint8)
-        above = np.empty(t.shape, bool)
+        count = scratch("search-nearest-count", t.shape, np.uint8)
+        count.fill(0)
+        above = scratch("search-nearest-above", t.shape, bool)
         above_bytes = above.view(np.uint8)
         for midpoint in self._midpoints:
             np.greater(t, midpoint, out=above)

@@ -26,8 +26,10 @@ import numpy as np
 from quantcli.core.search.affine import AffineParams, _check_bits, _error
 from quantcli.core.search.chunks import (
     SEARCH_CHUNK_ELEMENTS,
+    buffer,
     check_groups,
     check_weights,
+    float64_copy,
     transposed,
     transposed_weights,
 )
@@ -127,8 +129,8 @@ def _chunk(part, scale, offset, bits, per, top, weights, index, refinements):
     width = xt.shape[1]
     nmax = 2**bits - 1
     w = transposed_weights(weights, index, xt)
-    w = None if w is None else w.astype(np.float64)  # the errors' weights, once
-    t, e64 = np.empty_like(xt), np.empty(xt.shape)
+    w = float64_copy(w)  # the errors' weights, once
+    t, e64 = buffer("t", xt.shape), buffer("e64", xt.shape, np.float64)
     blocks = g // per
     target_s = scale.astype(np.float64)
     target_m = -offset.astype(np.float64)
