@@ -321,8 +321,34 @@ def _searched(tiles, spec: QuantSpec, part: np.ndarray, p, name: str):
             s = refine_symmetric(x, spec.search, spec.scheme, spec.bits, rtn, dtype, name)
         scale[:, cols] = s.reshape(rows, k)
     shape = p.scale.shape
-    zp = None if zp is None else zp.reshape(shape)
-    return scheme.searched(p, scale.reshape(shape), zp, spec)
+    scale, zp = scale.reshape(shape), None if zp is None else zp.reshape(shape)
+    if spec.search != "wmse":
+        # the plain squared error, checked as decompress will restore it (codes from the
+        # float32 scale, decoded with the stored one): a group keeps round-to-nearest's
+        # parameters unless the search's are strictly better there
+        before = _group_sse(tiles, spec, part, p.scale, p.zero_point)
+        after = _group_sse(tiles, spec, part, scale, zp)
+        keep = after >= before
+        scale = np.where(keep, p.scale, scale).astype(np.float32)
+        if zp is not None:
+            zp = np.where(keep, p.zero_point, zp).astype(np.uint8)
+    return scheme.searched(p, scale, zp, spec)
+
+
+def _group_sse(tiles, spec: QuantSpec, part: np.ndarray, scale, zero_point) -> np.ndarray:
+    """float64 squared error of every group of chunk ``part`` (the parameter view's shape)
+    with these parameters, as quantize encodes and dequantize restores them."""
+    scheme, kind = spec.format, SCALE_KINDS[spec.scale_dtype]
+    zp = _expand_optional(tiles, zero_point, part)
+    codes = scratch("check-codes", part.shape, scheme.code_dtype)
+    scheme.encode(part, tiles.expand(scale, part), zp, spec, out=codes)
+    x_hat = scratch("check-x-hat", part.shape, np.float32)
+    with np.errstate(over="ignore"):
+        scheme.decode(codes, tiles.expand(kind.load(kind.store(scale)), part), zp, out=x_hat)
+    error = np.square(x_hat.astype(np.float64) - part)
+    if tiles.granularity == "group":
+        return np.add.reduceat(error, np.arange(0, part.shape[1], tiles.group_size), axis=1)
+    return error.sum(axis=(0, 2), keepdims=True)
 
 
 def _float32(part: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ returns per-group parameters, float32 (G,) (uint8 (G,) for integer zero points):
   ``codebook_grid``): ``symmetric_rtn_scales``, ``mse_scales`` (search), ``symmetric_error``;
 - affine formats, q in 0..2^b - 1 with a float offset (x ~ s * q + m) or an integer zero point
   (x ~ s * (q - z)): ``affine_rtn``, ``affine_search``, ``hqq_params`` (HQQ's optimizer),
-  ``affine_error``.
+  ``affine_error``;
+- two-level parameters, as llama.cpp's Q4_K: ``superblock_params`` quantizes float group
+  scales and offsets into 6-bit codes under a float16 pair per super-block, and refits.
 
 The objective of a group is E = sum_i w_i (x_i - x_hat_i)^2, with the codes an encoder
 makes from the parameters (the nearest level of x / s, in float32) and the weights w chosen
@@ -30,12 +32,14 @@ from quantcli.core.search.grids import (
     int_grid,
 )
 from quantcli.core.search.hqq import hqq_params
+from quantcli.core.search.superblock import SuperBlockParams, superblock_params
 from quantcli.core.search.symmetric import mse_scales, symmetric_error, symmetric_rtn_scales
 
 __all__ = [
     "E2M1",
     "NF4",
     "AffineParams",
+    "SuperBlockParams",
     "Grid",
     "affine_error",
     "affine_rtn",
@@ -45,6 +49,7 @@ __all__ = [
     "hqq_params",
     "int_grid",
     "mse_scales",
+    "superblock_params",
     "symmetric_error",
     "symmetric_rtn_scales",
 ]

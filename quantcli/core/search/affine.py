@@ -25,12 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantcli.core.search.chunks import (
+    best_rows,
+    buffer,
     check_finite,
     check_groups,
     check_weights,
     column_max,
     column_min,
     dot,
+    float64_copy,
     group_slices,
     round_to,
     transposed,
@@ -164,9 +167,10 @@ def affine_error(x, params: AffineParams, bits: int, weights="plain") -> np.ndar
     for part in group_slices(*x.shape):
         g = part.stop - part.start
         xt = transposed(x[part])
-        w = transposed_weights(weights, part, xt.astype(np.float64))
+        w = transposed_weights(weights, part, transposed(x[part], "x64", np.float64), "w64")
         p = _pad(_part(params, part), xt.shape[1])
-        out[part] = _error(xt, p, nmax, w, np.empty_like(xt), np.empty(xt.shape))[:g]
+        t, e64 = buffer("t", xt.shape), buffer("e64", xt.shape, np.float64)
+        out[part] = _error(xt, p, nmax, w, t, e64)[:g]
     return out
 
 
@@ -259,7 +263,7 @@ def _search_chunk(
     # shifts are scalars and no sum overflows
     unit = np.where(live, span / 2, 1.0)
     centre = (hi.astype(np.float64) + lo) / 2 if offset == "float" else np.zeros(g)
-    y = xt / unit.astype(np.float32)
+    y = np.divide(xt, unit.astype(np.float32), out=buffer("y", xt.shape))
     # the weights of x / unit: one positive factor per group from x's own, which leaves
     # the comparison of two parameter sets of a group unchanged (not so after centring)
     w = transposed_weights(weights, index, y)
@@ -280,7 +284,8 @@ def _search_chunk(
             scale = round_to((s_n * unit).astype(np.float32), scale_dtype)
         usable = live & np.isfinite(scale) & (scale > 0)
         candidate = AffineParams(np.where(usable, scale, 1).astype(np.float32), zero_point=zp)
-    t, e64 = np.empty_like(xt), np.empty(xt.shape)
+    t, e64 = buffer("t", xt.shape), buffer("e64", xt.shape, np.float64)
+    w = float64_copy(w)  # once, for both errors
     e_base = _error(xt, base, nmax, w, t, e64)
     e_found = _error(xt, candidate, nmax, w, t, e64)
     return candidate.select(usable & (e_found < e_base), base)
@@ -292,14 +297,14 @@ def _search_float(y, w, nmax, grid, steps, offset_cap, nonpositive):
     if w is None:
         sw, wy = np.full(g, float(n)), y
     else:
-        sw, wy = _colsum(w).astype(np.float64), w * y
+        sw, wy = _colsum(w).astype(np.float64), np.multiply(w, y, out=buffer("wy", y.shape))
     moments = (sw, _colsum(wy).astype(np.float64), dot(wy, y).astype(np.float64))
     cap = offset_cap if nonpositive else np.full(g, np.inf)
-    t = np.empty_like(y)
-    wq = None if w is None else np.empty_like(y)
+    t = buffer("t", y.shape)
+    wq = None if w is None else buffer("wq", y.shape)
     # the sums of every candidate, then one vectorized choice (the first best on ties)
-    sums = np.empty((3, len(grid), g), np.float32)
-    scaled = np.empty_like(y)
+    sums = buffer("sums", (3, len(grid), g))
+    scaled = buffer("scaled", y.shape)
     for k, (mult, shift) in enumerate(grid):
         # codes of a grid centred on the group's centre: y * iscale + nmax / 2 + shift
         if k == 0 or mult != grid[k - 1][0]:
@@ -336,33 +341,78 @@ def _float_sums(y, t, w, wq, out) -> None:
 
 
 def _fit_float(sums, moments, cap, nmax):
-    """Weighted least squares y ~ s q + m (m <= cap) of every candidate (rows of sums
-    (3, k, g)), and the best per group: s, m and E, float64 (g,) each."""
+    """Weighted least squares y ~ s q + m (m <= cap) of every candidate (rows of float32
+    sums (3, k, g): sum w q, sum w q^2, sum w y q), and the best per group: s, m and E,
+    float64 (g,) each.
+
+    The candidates are compared in float32, in place (a few dozen operations on every
+    candidate of every group: their memory traffic is the fit's cost). With det = sw sll -
+    sl^2 > 0, the unconstrained optimum s = (sw syl - sy sl) / det, m = (sll sy - sl syl) /
+    det has the error syy - (s syl + m sy): the best candidate maximizes the last term. Its
+    fit and E are then computed in float64; groups where it breaks m <= cap (few: a group's
+    offset rarely reaches above its own minimum) compare all their candidates again in
+    float64, each at its optimum on the boundary where the free one is out of bounds.
+    """
     sw, sy, syy = moments
-    sl, sll, syl = (a.astype(np.float64) for a in sums)
+    sl, sll, syl = sums
+    shape = sl.shape
+    det, ns, nm, gain, tmp = (buffer(f"fit-{n}", shape) for n in ("det", "s", "m", "g", "t"))
+    sw32, sy32 = sw.astype(np.float32), sy.astype(np.float32)
+    np.multiply(sll, sw32, out=det)
+    np.subtract(det, np.multiply(sl, sl, out=tmp), out=det)  # sw sll - sl^2
+    np.multiply(syl, sw32, out=ns)
+    np.subtract(ns, np.multiply(sl, sy32, out=tmp), out=ns)  # s * det
+    np.multiply(sll, sy32, out=nm)
+    np.subtract(nm, np.multiply(sl, syl, out=tmp), out=nm)  # m * det
+    np.multiply(nm, sy32, out=gain)
+    np.add(gain, np.multiply(ns, syl, out=tmp), out=gain)
+    bad = det <= 0
+    bad |= ns <= 0  # a scale must be positive
+    np.divide(gain, np.maximum(det, np.float32(1e-30), out=det), out=gain)
+    gain[bad] = -np.inf
+    k = best_rows(gain)
+    columns = np.arange(shape[1])
+    found = gain[k, columns] > -np.inf
+    best_s, best_m, best_e = _fit_one(sl[k, columns], sll[k, columns], syl[k, columns], moments)
+    outside = np.flatnonzero(found & (best_m > cap))
+    if outside.size:
+        sub = tuple(np.asarray(a)[:, outside] for a in sums)
+        sub_moments = tuple(v[outside] for v in moments)
+        s_all, m_all, e_all = _fit_one(*sub, sub_moments)
+        syl_m = sub[2] - cap[outside] * sub[0]  # on the boundary m = cap
+        s_cap = syl_m / np.where(sub[1] > 0, sub[1], 1)
+        e_cap = (
+            sub_moments[2]
+            - 2 * cap[outside] * sub_moments[1]
+            + cap[outside] ** 2 * sub_moments[0]
+            - s_cap * syl_m
+        )
+        over = m_all > cap[outside]
+        s_all, e_all = np.where(over, s_cap, s_all), np.where(over, e_cap, e_all)
+        m_all = np.where(over, cap[outside], m_all)
+        e_all = np.where(np.isfinite(e_all) & (s_all > 0), e_all, np.inf)
+        j = np.argmin(e_all, axis=0)
+        picked = np.arange(outside.size)
+        best_s[outside], best_m[outside] = s_all[j, picked], m_all[j, picked]
+        best_e[outside] = e_all[j, picked]
+        found[outside] = e_all[j, picked] < np.inf
+    best_s = np.where(found, best_s, 2.0 / nmax)
+    best_m = np.where(found, best_m, -1.0)
+    return best_s, best_m, np.where(found, best_e, np.inf)
+
+
+def _fit_one(sl, sll, syl, moments):
+    """The unconstrained weighted least-squares fit y ~ s q + m in float64 from float32
+    sums of any shape (..., g): s, m and E, float64, inf / nan-free (E inf where singular)."""
+    sw, sy, syy = moments
+    sl, sll, syl = (np.asarray(a, np.float64) for a in (sl, sll, syl))
     det = sw * sll - sl * sl
     ok = det > 0
     det = np.where(ok, det, 1)
     s = (sw * syl - sy * sl) / det
     m = (sll * sy - sl * syl) / det
-    e = syy - s * syl - m * sy  # E at the unconstrained optimum
-    capped = m > cap
-    if capped.any():
-        # the optimum on the boundary m = cap: s = sum(w q (y - m)) / sum(w q^2), and
-        # E = sum(w (y - m)^2) - s * sum(w q (y - m))
-        m = np.where(capped, cap, m)
-        syl_m = syl - m * sl
-        s_cap = syl_m / np.where(sll > 0, sll, 1)
-        e_cap = syy - 2 * m * sy + m * m * sw - s_cap * syl_m
-        s, e = np.where(capped, s_cap, s), np.where(capped, e_cap, e)
-    e = np.where(ok & (s > 0), e, np.inf)
-    k = np.argmin(e, axis=0)
-    columns = np.arange(e.shape[1])
-    best_e = e[k, columns]
-    found = best_e < np.inf
-    best_s = np.where(found, s[k, columns], 2.0 / nmax)
-    best_m = np.where(found, m[k, columns], -1.0)
-    return best_s, best_m, best_e
+    e = syy - s * syl - m * sy
+    return s, m, np.where(ok, e, np.inf)
 
 
 def _search_integer(y, w, nmax, grid, steps, bounds):
@@ -371,9 +421,9 @@ def _search_integer(y, w, nmax, grid, steps, bounds):
     hi_n, lo_n = bounds
     centre = (hi_n.astype(np.float64) + lo_n) / 2
     n, g = y.shape
-    t = np.empty_like(y)
-    wk = None if w is None else np.empty_like(y)
-    sums = np.empty((2, len(grid), g), np.float32)
+    t = buffer("t", y.shape)
+    wk = None if w is None else buffer("wq", y.shape)
+    sums = buffer("sums", (2, len(grid), g))
     zs = np.empty((len(grid), g))
 
     def codes(iscale, z) -> None:
@@ -392,7 +442,7 @@ def _search_integer(y, w, nmax, grid, steps, bounds):
         _integer_sums(y, t, w, wk, sums[:, k])
     best_s, best_score, k = _fit_integer(sums)
     fallback = np.clip(np.rint(-lo_n * nmax / 2), 0, nmax)
-    best_z = np.where(best_score > -np.inf, zs[k, np.arange(g)], fallback)
+    best_z = np.where(best_score > 0, zs[k, np.arange(g)], fallback)
     for _ in range(steps):
         codes((1 / best_s).astype(np.float32), best_z)
         _integer_sums(y, t, w, wk, sums[:, 0])
@@ -413,17 +463,19 @@ def _integer_sums(y, t, w, wk, out) -> None:
 
 
 def _fit_integer(sums):
-    """Least-squares scale sum(w y k) / sum(w k^2) of every candidate (rows of sums (2, k,
-    g)): the best per group (scale and score float64 (g,), row intp (g,))."""
-    syk, skk = (a.astype(np.float64) for a in sums)
-    ok = (skk > 0) & (syk > 0)
-    score = np.where(ok, syk * syk / np.where(ok, skk, 1), -np.inf)
-    k = np.argmax(score, axis=0)
+    """Least-squares scale sum(w y k) / sum(w k^2) of every candidate (rows of float32 sums
+    (2, k, g)): the best per group (scale float64 (g,), score float32 (g,) (0 where no
+    candidate has a code other than 0 or a positive scale), row intp (g,))."""
+    syk, skk = sums
+    score = np.multiply(syk, np.abs(syk))  # a negative sum(w y k) scores below 0
+    np.divide(score, np.maximum(skk, np.float32(1e-30)), out=score)
+    k = best_rows(score)
     columns = np.arange(score.shape[1])
     best_score = score[k, columns]
-    found = best_score > -np.inf
-    best_s = np.where(found, syk[k, columns] / np.where(found, skk[k, columns], 1), 1.0)
-    return best_s, best_score, k
+    found = best_score > 0
+    top, bottom = syk[k, columns].astype(np.float64), skk[k, columns].astype(np.float64)
+    best_s = np.where(found, top / np.where(found, bottom, 1), 1.0)
+    return best_s, np.where(found, best_score, np.float32(0)), k
 
 
 def _colsum(a: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quantcli.core.parallel import scratch
 from quantcli.errors import SpecError
 
 # bitsandbytes' get_4bit_type("nf4")
@@ -89,13 +90,18 @@ class Grid:
         must step the scale (an 8-bit grid needs finer steps than a 2-bit one)."""
         return int(max(np.sum(self.levels > 0), np.sum(self.levels < 0)))
 
-    def nearest(self, t: np.ndarray, out: np.ndarray, work: np.ndarray | None = None) -> None:
+    def nearest(
+        self, t: np.ndarray, out: np.ndarray, work: np.ndarray | None = None, bound=None
+    ) -> None:
         """Write the level nearest to every value of ``t`` (float32) into ``out`` (float32, of
         t's shape; may be ``t`` itself). ``work``: a float32 scratch array of t's shape (the
-        ``float`` kernel needs one; it must not be ``t`` or ``out``)."""
+        ``float`` kernel needs one; it must not be ``t`` or ``out``). ``bound``: a known
+        bound of |t|, which lets an integer grid skip its clip when no value can leave it."""
         if self.kind == "int":
             np.rint(t, out=out)
-            np.clip(out, self.lowest, self.highest, out=out)
+            # a margin below the half step: rint(k + 0.5) may round away
+            if bound is None or bound >= min(-self.lowest, self.highest) + 0.499:
+                np.clip(out, self.lowest, self.highest, out=out)
         elif self.kind == "float":
             self._nearest_float(t, out, work)
         else:
@@ -118,8 +124,9 @@ class Grid:
     def _nearest_codebook(self, t, out, work) -> None:
         # the index is the count of midpoints below t, counted in bytes (4x less memory
         # traffic than in float32); at 16 levels this beats np.searchsorted 5x
-        count = np.zeros(t.shape, np.uint8)
-        above = np.empty(t.shape, bool)
+        count = scratch("search-nearest-count", t.shape, np.uint8)
+        count.fill(0)
+        above = scratch("search-nearest-above", t.shape, bool)
         above_bytes = above.view(np.uint8)
         for midpoint in self._midpoints:
             np.greater(t, midpoint, out=above)

@@ -42,11 +42,13 @@ from quantcli.core.search.affine import (
     _rtn,
 )
 from quantcli.core.search.chunks import (
+    buffer,
     check_finite,
     check_groups,
     check_weights,
     column_max,
     column_min,
+    float64_copy,
     group_slices,
     round_to,
     transposed,
@@ -157,7 +159,8 @@ def _chunk(part, nmax, offset, weights, index, rtn, nonpositive, scale_dtype, op
             zp = np.clip(np.rint(z), 0, nmax).astype(np.uint8)
             found = AffineParams(np.where(usable, scale, 1).astype(np.float32), zero_point=zp)
     w = transposed_weights(weights, index, xt)
-    t, e64 = np.empty_like(xt), np.empty(xt.shape)
+    t, e64 = buffer("t", xt.shape), buffer("e64", xt.shape, np.float64)
+    w = float64_copy(w)  # once, for both errors
     e_base = _error(xt, base, nmax, w, t, e64)
     e_found = _error(xt, found, nmax, w, t, e64)
     return found.select(usable & (e_found < e_base), base)
@@ -168,7 +171,7 @@ def optimize_zero(xt, s_inv, lo, live, nmax, options) -> np.ndarray:
     float zero point of every group, float64 (g,) (-lo * s_inv where a group is not live)."""
     iterations, p, beta, kappa, early_stop = options
     n, g = xt.shape
-    xs = xt * s_inv  # W * s_inv
+    xs = np.multiply(xt, s_inv, out=buffer("hqq-xs", xt.shape))  # W * s_inv
     z = (-lo.astype(np.float64) * s_inv).astype(np.float32).astype(np.float64)
     best_z = z.copy()
     best_err = np.full(g, np.inf)
@@ -178,9 +181,9 @@ def optimize_zero(xt, s_inv, lo, live, nmax, options) -> np.ndarray:
     cols = _companion(np.flatnonzero(live))  # the groups in ``work``, as columns of xs
     if cols.size == 0:
         return best_z
-    work = xs if np.array_equal(cols, np.arange(g)) else xs[:, cols]
+    work = xs if np.array_equal(cols, np.arange(g)) else _columns(xs, cols)
     active = np.ones(cols.size, bool)
-    t, a = np.empty_like(work), np.empty_like(work)
+    t, a = buffer("hqq-t", work.shape), buffer("hqq-a", work.shape)
     # per column of work: scale, range of xs (with a margin for the float32 rounding of
     # W * s_inv + z), and the shrink threshold's factor
     sc, lo_c, hi_c = scale[cols], xs_lo[cols] + 0.499, xs_hi[cols] - (nmax + 0.499)
@@ -191,9 +194,9 @@ def optimize_zero(xt, s_inv, lo, live, nmax, options) -> np.ndarray:
         if 2 * remaining <= cols.size and cols.size > 2:
             # half the groups have stopped: go on with the others only
             cols = _companion(cols[active])
-            work = xs[:, cols]
+            work = _columns(xs, cols)
             active = np.ones(cols.size, bool)
-            t, a = np.empty_like(work), np.empty_like(work)
+            t, a = buffer("hqq-t", work.shape), buffer("hqq-a", work.shape)
             sc, lo_c, hi_c = scale[cols], xs_lo[cols] + 0.499, xs_hi[cols] - (nmax + 0.499)
         zc = z[cols]
         np.add(work, zc.astype(np.float32), out=t)
@@ -219,6 +222,11 @@ def optimize_zero(xt, s_inv, lo, live, nmax, options) -> np.ndarray:
     return best_z
 
 
+def _columns(xs: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """xs[:, cols] in a reusable buffer (it never overlaps xs)."""
+    return np.take(xs, cols, axis=1, out=buffer("hqq-work", (xs.shape[0], cols.size)))
+
+
 def _companion(cols: np.ndarray) -> np.ndarray:
     """A lone group twice (column sums of one column differ, see chunks.py)."""
     return np.repeat(cols, 2) if cols.size == 1 else cols
@@ -240,7 +248,7 @@ def _shrink_sums(d, a, scale, reach, p, beta) -> np.ndarray:
     if not np.any(reach + 1e-3 > threshold):
         return np.zeros(width)
     with np.errstate(over="ignore"):  # a threshold beyond float32 is one nothing reaches
-        mask = a > threshold.astype(np.float32)
+        mask = np.greater(a, threshold.astype(np.float32), out=buffer("hqq-mask", a.shape, bool))
     masked = np.flatnonzero(mask)  # row-major: each column's rows in order
     if masked.size == 0:
         return np.zeros(width)
@@ -263,7 +271,7 @@ def _shrink_sums(d, a, scale, reach, p, beta) -> np.ndarray:
 def _shrink_terms(a, d, c, floor, p) -> np.ndarray:
     """sign(d) * (a - c * a^(p-1)), float32 elementwise, a floored at ``floor``;
     a^(p-1) as exp((p-1) log a): float32 SIMD, 4x faster than np.power."""
-    v = np.maximum(a, floor)
+    v = np.maximum(a, floor, out=buffer("hqq-terms", a.shape) if a.ndim == 2 else None)
     np.log(v, out=v)
     np.multiply(v, np.float32(p - 1), out=v)
     np.exp(v, out=v)

@@ -20,11 +20,14 @@ from __future__ import annotations
 import numpy as np
 
 from quantcli.core.search.chunks import (
+    best_rows,
+    buffer,
     check_finite,
     check_groups,
     check_weights,
     column_max,
     column_min,
+    float64_copy,
     group_slices,
     round_to,
     transposed,
@@ -123,11 +126,11 @@ def symmetric_error(x, scale, grid: Grid, weights="plain") -> np.ndarray:
     for part in group_slices(*x.shape):
         g = part.stop - part.start
         xt = transposed(x[part])
-        w = transposed_weights(weights, part, xt.astype(np.float64))
+        w = transposed_weights(weights, part, transposed(x[part], "x64", np.float64), "w64")
         s = np.ones(xt.shape[1], np.float32)
         s[:g] = scale[part]
-        t = np.empty_like(xt)
-        out[part] = _error(xt, s, grid, w, t, np.empty_like(xt), np.empty(xt.shape))[:g]
+        t, work = buffer("t", xt.shape), buffer("work", xt.shape)
+        out[part] = _error(xt, s, grid, w, t, work, buffer("e64", xt.shape, np.float64))[:g]
     return out
 
 
@@ -183,17 +186,19 @@ def _search_chunk(part, grid, weights, index, rtn, scale_dtype, mirror, multipli
     # y = x * sign / amax: every group in [-1, 1], so candidate inverse scales are scalars and
     # no sum can overflow or underflow
     norm = np.where(live, amax, np.float32(1)) * sign
-    y = xt / norm
+    y = np.divide(xt, norm, out=buffer("y", xt.shape))
     w = transposed_weights(weights, index, y)
-    t, work = np.empty_like(xt), np.empty_like(xt)
-    wq = None if w is None else np.empty_like(xt)
+    t, work = buffer("t", xt.shape), buffer("work", xt.shape)
+    # sum(w y L) = sum((w y) L)
+    wq = None if w is None else np.multiply(w, y, out=buffer("wy", xt.shape))
 
     # the sums of every candidate, then one vectorized choice (the first best on ties)
     count = len(multipliers)
-    sums = np.empty((2, count, g), np.float32)
+    sums = buffer("sums", (2, count, g))
     for k, m in enumerate(multipliers):
-        np.multiply(y, np.float32(m * reach), out=t)
-        grid.nearest(t, t, work)
+        iscale = np.float32(m * reach)
+        np.multiply(y, iscale, out=t)
+        grid.nearest(t, t, work, bound=float(iscale) * (1 + 1e-6))  # |y| <= 1
         _sums(y, t, w, wq, sums[0, k], sums[1, k])
     best, best_score = _least_squares(sums[0], sums[1], 1 / reach)
     for _ in range(steps):
@@ -210,9 +215,10 @@ def _search_chunk(part, grid, weights, index, rtn, scale_dtype, mirror, multipli
     found = round_to(found, scale_dtype)
     usable = live & np.isfinite(found) & (found != 0)
     found = np.where(usable, found, rtn_full)
-    e64 = np.empty(xt.shape)
+    e64 = buffer("e64", xt.shape, np.float64)
     # w was computed on y = x * sign / amax: one positive factor per group, the same for both
     chosen = rtn_full
+    w = float64_copy(w)  # once, for every error below
     e_chosen = _error(xt, rtn_full, grid, w, t, work, e64)
     options = [found]
     if -grid.lowest != grid.highest:
@@ -233,30 +239,31 @@ def _search_chunk(part, grid, weights, index, rtn, scale_dtype, mirror, multipli
     return chosen
 
 
-def _sums(y, t, w, wq, sxl, sll) -> None:
-    """sum(w y t) and sum(w t t) of every column into sxl and sll (float32 (g,))."""
+def _sums(y, t, w, wy, sxl, sll) -> None:
+    """sum(w y t) and sum(w t t) of every column into sxl and sll (float32 (g,)); wy = w y."""
     if w is None:
         np.einsum("ij,ij->j", y, t, out=sxl)
         np.einsum("ij,ij->j", t, t, out=sll)
     else:
-        np.multiply(w, t, out=wq)
-        np.einsum("ij,ij->j", wq, y, out=sxl)
-        np.einsum("ij,ij->j", wq, t, out=sll)
+        np.einsum("ij,ij->j", wy, t, out=sxl)
+        np.einsum("ij,ij,ij->j", w, t, t, out=sll)
 
 
 def _least_squares(sxl, sll, fallback: float):
-    """The best of candidates (rows) per group (columns): its least-squares scale
-    sum(w y L) / sum(w L^2) and score sum(w y L)^2 / sum(w L^2), float64 (g,) each; the
-    first best on ties; ``fallback`` and -inf where no candidate has a positive scale."""
-    sxl, sll = sxl.astype(np.float64), sll.astype(np.float64)
-    ok = (sll > 0) & (sxl > 0)
-    score = np.where(ok, sxl * sxl / np.where(ok, sll, 1), -np.inf)
-    k = np.argmax(score, axis=0)
+    """The best of candidates (rows) per group (columns) of float32 sums (k, g): its
+    least-squares scale sum(w y L) / sum(w L^2), float64 (g,), and score
+    sum(w y L)^2 / sum(w L^2), float32 (g,); the first best on ties; ``fallback`` and a
+    score of 0 where no candidate has a code other than 0. (sum(w y L) >= 0: a level has
+    the sign of its value.)"""
+    score = np.multiply(sxl, sxl)
+    np.divide(score, np.maximum(sll, np.float32(1e-30)), out=score)
+    k = best_rows(score)
     columns = np.arange(score.shape[1])
     best_score = score[k, columns]
-    found = best_score > -np.inf
-    scale = np.where(found, sxl[k, columns] / np.where(found, sll[k, columns], 1), fallback)
-    return scale, best_score
+    found = best_score > 0
+    top, bottom = sxl[k, columns].astype(np.float64), sll[k, columns].astype(np.float64)
+    scale = np.where(found, top / np.where(found, bottom, 1), fallback)
+    return scale, np.where(found, best_score, np.float32(0))
 
 
 def _error(xt, scale, grid, w, t, work, e64) -> np.ndarray:
