@@ -209,7 +209,7 @@ def test_mxfp4_round_up_avoids_saturating_the_maximum():
 def reference_nvfp4(x: np.ndarray):
     """compressed-tensors' NVFP4 rule in plain NumPy float32: global scale, E4M3 block scales
     (0 -> 0.125), E2M1 codes by ml_dtypes' cast of x / (block / global)."""
-    g = np.float32(448.0 * 6.0) / np.abs(x).max()
+    g = np.float32(448.0 * 6.0) * (np.float32(1) / np.abs(x).max())  # torch's 2688 / amax
     blocks = x.reshape(x.shape[0], -1, 16)
     amax = np.abs(blocks).max(axis=-1)
     block = np.clip(g * (amax / np.float32(6)), -448, 448).astype(E4M3).astype(np.float32)

@@ -1043,7 +1043,8 @@ CT_CONFIG = {"model_type": "llama", "vocab_size": 40, "architectures": ["LlamaFo
 @functools.cache
 def compressed_tensors_seeds() -> tuple[tuple[str, dict[str, bytes]], ...]:
     """Model folders written by quant compress: (name, {file: bytes}), symmetric and
-    asymmetric, one file and sharded."""
+    asymmetric, one file and sharded; then one file of each float format (fp8, nvfp4,
+    mxfp4)."""
     rng = np.random.default_rng(7)
     tensors = {
         "model.embed_tokens.weight": rng.standard_normal((40, 32)).astype(np.float32),
@@ -1075,11 +1076,17 @@ def compressed_tensors_seeds() -> tuple[tuple[str, dict[str, bytes]], ...]:
                 compress(str(src), str(out), Selector(spec, min_elements=1))
                 files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
                 seeds.append((f"{scheme}-{'sharded' if sharded else 'single'}", files))
+        src = Path(tmp) / "src-absmax-False"
+        for spec in (QuantSpec("fp8"), QuantSpec("nvfp4"), QuantSpec("mxfp4-ct")):
+            out = Path(tmp) / f"out-{spec.scheme}"
+            compress(str(src), str(out), Selector(spec, min_elements=1))
+            files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+            seeds.append((spec.scheme, files))
     return tuple(seeds)
 
 
 @FUZZ
-@given(data=st.data(), seed=st.sampled_from(range(4)))
+@given(data=st.data(), seed=st.sampled_from(range(7)))
 def test_mutated_compressed_tensors_folders(workdir, data, seed):
     """A damaged config.json (its quantization_config above all) or weight file: decompress,
     inspect and report --against either work or say what is wrong in one line, write

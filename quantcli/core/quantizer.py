@@ -95,6 +95,7 @@ def quantize(
     name: str = "tensor",
     measure: bool = False,
     packed: bool = False,
+    tensor_scale: np.ndarray | None = None,
 ) -> QuantizedTensor:
     """Quantize ``x`` (any shape; fp64/fp32/fp16/bf16/fp8, computed in float32) with ``spec``.
 
@@ -102,6 +103,9 @@ def quantize(
     parameters (``QuantizedTensor.stats``), chunk by chunk while the data is in cache.
     packed: give the codes packed (``packing.pack``) when bits < 8. Per group, each chunk is
     packed while in cache, so the unpacked codes never exist as a whole.
+    tensor_scale: float32 (1,), the scale per tensor to use for a scheme that has one (nvfp4)
+    instead of the one ``x`` gives (``tensor_scale_of``), e.g. one shared by the parts of a
+    layer that a runtime fuses.
 
     Raises SpecError when the spec does not fit the array (e.g. axis out of range),
     InputError for non-float arrays and NonFiniteError when ``x`` holds NaN or inf.
@@ -118,7 +122,12 @@ def quantize(
     scheme = spec.format
     tiles = tiling(x.shape, spec, CHUNK_ELEMENTS)
     xv = x.reshape(tiles.view_shape)
-    tensor_scale = _tensor_scale(x, spec, name) if scheme.tensor_scale else None
+    if not scheme.tensor_scale:
+        tensor_scale = None
+    elif tensor_scale is None:
+        tensor_scale = _tensor_scale(x, spec, name)
+    else:
+        tensor_scale = np.asarray(tensor_scale, np.float32).reshape(1)
     packed = packed and spec.bits < 8
     # group chunks are whole rows of the last axis, so they can be packed one by one
     pack_chunks = packed and tiles.granularity == "group"
@@ -270,6 +279,12 @@ class _ParamArrays:
         self.hi[...] = p.hi
         if self.zero_point is not None:
             self.zero_point[...] = p.zero_point
+
+
+def tensor_scale_of(x: np.ndarray, spec: QuantSpec, name: str = "tensor") -> np.ndarray | None:
+    """float32 (1,): the scale per tensor ``spec``'s scheme keeps above its group scales
+    (nvfp4), from the largest magnitude of ``x``; None for schemes without one."""
+    return _tensor_scale(np.asarray(x), spec, name) if spec.format.tensor_scale else None
 
 
 def _tensor_scale(x: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:

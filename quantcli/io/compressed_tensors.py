@@ -1,53 +1,67 @@
 """The compressed-tensors container: what transformers and vLLM load (docs/EXPORT.md).
 
-A quantized Linear weight ``M.weight`` of shape [out, in] is stored as:
+A quantized Linear weight ``M.weight`` of shape [out, in] is stored in one of four formats
+(``quantization_config`` in config.json names it; ``quantization_config`` builds it):
 
-- ``M.weight_packed``: int32 [out, ceil(in * b / 32)]. Codes are signed, offset by 2**(b-1)
-  to unsigned, and packed least significant bits first along the row: element i of a row at
-  bits [i*b, (i+1)*b) of the row's bit stream, in little-endian 32-bit words; each row is
-  padded with zero bits to a whole word. Codes [-8, -7, 0, 1, 2, 3, 6, 7] at 4 bits are the
-  single word 0xFEBA9810.
-- ``M.weight_scale``: the model's float dtype, [out, 1] (channel) or [out, in / group] (group).
-- ``M.weight_shape``: int64 [2], the original [out, in].
-- ``M.weight_zero_point`` (asymmetric only): signed codes packed the same way along dim 0,
-  int32 [ceil(out * b / 32), groups].
+- ``pack-quantized`` (int, 4 and 8 bits; quant's absmax, zeropoint, fullrange,
+  fullrange-ct): ``M.weight_packed`` int32 [out, ceil(in * b / 32)], codes signed, offset by
+  2**(b-1) to unsigned and packed least significant bits first along the row (element i of a
+  row at bits [i*b, (i+1)*b) of the row's little-endian 32-bit words, each row padded with
+  zero bits to a whole word: codes [-8, -7, 0, 1, 2, 3, 6, 7] at 4 bits are the single word
+  0xFEBA9810); ``M.weight_scale`` in the model's float dtype, [out, 1] (channel) or
+  [out, in / group]; ``M.weight_shape`` int64 [2]; with zero points ``M.weight_zero_point``,
+  signed codes packed the same way along dim 0, int32 [ceil(out * b / 32), groups].
+- ``naive-quantized`` (fp8, E4M3, weight only): ``M.weight`` float8_e4m3fn [out, in] and
+  ``M.weight_scale`` in the model's dtype, [out, 1] or [1] (per tensor).
+- ``nvfp4-pack-quantized`` (nvfp4): ``M.weight_packed`` uint8 [out, in / 2], two E2M1 codes
+  a byte, the even element in the low nibble; ``M.weight_scale`` float8_e4m3fn [out, in / 16];
+  ``M.weight_global_scale`` float32 [1] (quant's tensor scale, 448 * 6 / amax).
+- ``mxfp4-pack-quantized`` (mxfp4-ct, mxfp4): the same codes, ``M.weight_scale`` uint8 E8M0
+  exponents [out, in / 32].
 
-config.json describes them in ``quantization_config`` (``quantization_config`` builds it).
-
-quant's schemes map onto it without changing a dequantized value: ``absmax`` codes lie in
+quant's schemes map onto these without changing a dequantized value: ``absmax`` codes lie in
 [-qmax, qmax], a subset of the signed range; ``zeropoint`` codes 0..2**b-1 and zero points
-shift by -2**(b-1) to the signed convention, ``(q - zp)`` unchanged. Only 4 and 8 bits are
-written and read: compressed-tensors 0.18 changed the 3/5/6/7-bit layout to cross-word
-packing, so those widths do not load the same everywhere.
+shift by -2**(b-1) to the signed convention, ``(q - zp)`` unchanged; quant's 4-bit floats are
+packed two a byte exactly as the library packs them. Only 4 and 8 bits of int are written and
+read: compressed-tensors 0.18 changed the 3/5/6/7-bit layout to cross-word packing, so those
+widths do not load the same everywhere.
 
-Each container format is one ``CTFormat`` in ``FORMATS``; the integer one is
-``pack-quantized``. The reading side turns a checkpoint back into ``CTEntry`` objects that
-decompress, inspect and report restore like quant's own entries.
+Each container format is one ``CTFormat``; ``FORMATS`` maps quant's schemes onto them. The
+reading side turns a checkpoint back into ``CTEntry`` objects that decompress, inspect and
+report restore like quant's own entries.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ml_dtypes
 import numpy as np
 
 from quantcli.core.layout import param_shape
 from quantcli.core.packing import pack, unpack
+from quantcli.core.scales import SCALE_KINDS
 from quantcli.core.schemes.base import SCALE_NUMPY_DTYPES
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import QuantizedFormatError, SpecError
+from quantcli.io.quantized_format import SCALE_SUFFIX, TENSOR_SCALE_SUFFIX, ZERO_POINT_SUFFIX
 
 QUANT_METHOD = "compressed-tensors"
 PACK_QUANTIZED = "pack-quantized"
+NAIVE_QUANTIZED = "naive-quantized"
+FLOAT_QUANTIZED = "float-quantized"
+NVFP4_PACK_QUANTIZED = "nvfp4-pack-quantized"
+MXFP4_PACK_QUANTIZED = "mxfp4-pack-quantized"
+MIXED_PRECISION = "mixed-precision"
 SUPPORTED_BITS = (4, 8)
 
 PACKED = "_packed"
 SCALE = "_scale"
 SHAPE = "_shape"
 ZERO_POINT = "_zero_point"
+GLOBAL_SCALE = "_global_scale"
 
 # the float dtypes scales are stored in: the model's own (vLLM expects scales in model dtype)
 _SCALE_DTYPES = {
@@ -108,18 +122,52 @@ def unpack_int32(packed: np.ndarray, bits: int, n: int) -> tuple[np.ndarray, boo
 
 @dataclass(frozen=True)
 class CTFormat:
-    """One compressed-tensors format: which quant specs it holds and how its arguments read."""
+    """One compressed-tensors format: what it holds and how its arrays are laid out.
+
+    layout: ``int32`` (codes packed into int32 words, ``M.weight_packed`` with
+    ``M.weight_shape``), ``weight`` (one code per element under ``M.weight`` itself, as
+    FP8 is stored) or ``nibbles`` (two E2M1 codes a byte, even element in the low nibble,
+    ``M.weight_packed`` uint8 [out, in / 2]). scale_dtype: the stored scales' kind, or None
+    for the model's own float dtype. group_strategy: the library's ``strategy`` for quant's
+    groups (NVFP4's groups sit under a per-tensor scale: ``tensor_group``).
+    """
 
     name: str
     type: str  # QuantizationArgs.type: "int" or "float"
-    schemes: tuple[str, ...]
     bits: tuple[int, ...]
+    granularities: tuple[str, ...]
+    layout: str
+    scale_dtype: str | None = None
+    group_strategy: str = "group"
 
+
+PACK = CTFormat(PACK_QUANTIZED, "int", SUPPORTED_BITS, ("channel", "group"), "int32")
+# FP8 weight-only: what the library's own compressor names it ("float-quantized" is the
+# name it gives FP8 with quantized activations; both load the same way)
+FP8 = CTFormat(NAIVE_QUANTIZED, "float", (8,), ("tensor", "channel"), "weight")
+NVFP4 = CTFormat(NVFP4_PACK_QUANTIZED, "float", (4,), ("group",), "nibbles", "e4m3", "tensor_group")
+MXFP4 = CTFormat(MXFP4_PACK_QUANTIZED, "float", (4,), ("group",), "nibbles", "e8m0")
 
 FORMATS = {
-    "absmax": CTFormat(PACK_QUANTIZED, "int", ("absmax", "zeropoint"), SUPPORTED_BITS),
-    "zeropoint": CTFormat(PACK_QUANTIZED, "int", ("absmax", "zeropoint"), SUPPORTED_BITS),
+    "absmax": PACK,
+    "zeropoint": PACK,
+    "fullrange": PACK,
+    "fullrange-ct": PACK,
+    "fp8": FP8,
+    "nvfp4": NVFP4,
+    "mxfp4-ct": MXFP4,
+    "mxfp4": MXFP4,  # the same bytes; only the exponent chosen for a block may differ
 }
+# schemes the format cannot hold, and the nearest spec that works
+_REFUSED = {
+    "nf4": "compressed-tensors has no NF4 format (a 16-value codebook); use --scheme nvfp4 "
+    "(4-bit floats in blocks of 16, the closest it holds) or --scheme absmax --bits 4 "
+    "--granularity group --group-size 64",
+    "fp8-e5m2": "compressed-tensors stores FP8 weights as E4M3 only; use --scheme fp8",
+}
+_TORCH_SCALE_DTYPES = {"e4m3": "torch.float8_e4m3fn", "e8m0": "torch.uint8"}
+# the library's compressor writes these scales where quant writes 1 (a group of zeros)
+_LIBRARY_ZERO_SCALE = ("fullrange-ct", "fp8")
 
 
 def scale_dtype_for(dtype: np.dtype) -> str:
@@ -127,16 +175,37 @@ def scale_dtype_for(dtype: np.dtype) -> str:
     return _SCALE_DTYPES.get(np.dtype(dtype), "float32")
 
 
+def export_spec(spec: QuantSpec, dtype: np.dtype, name: str, shape: tuple[int, ...]) -> QuantSpec:
+    """``spec`` as written for tensor ``name`` (``dtype``, ``shape``): with its scales in the
+    model's dtype where the format stores them so, checked (``check_spec``)."""
+    fmt = _format_for(spec, f"tensor {name}")
+    if fmt.scale_dtype is None:
+        own = scale_dtype_for(dtype)
+        if spec.scale_dtype not in ("float32", own):
+            raise SpecError(
+                f"{spec.scale_dtype} scales in tensor {name}: compressed-tensors stores scales "
+                f"in the model's dtype ({own}); drop --scale-dtype"
+            )
+        spec = replace(spec, scale_dtype=own)
+    check_spec(spec, name, shape)
+    return spec
+
+
+def _format_for(spec: QuantSpec, where: str) -> CTFormat:
+    fmt = FORMATS.get(spec.scheme)
+    if fmt is None:
+        why = _REFUSED.get(spec.scheme) or (
+            f"compressed-tensors holds {', '.join(FORMATS)}; use one of them or --format quant"
+        )
+        raise SpecError(f"scheme {spec.scheme} in {where}: {why}")
+    return fmt
+
+
 def check_spec(spec: QuantSpec, name: str, shape: tuple[int, ...]) -> None:
     """Refuse a spec compressed-tensors cannot hold for tensor ``name`` of ``shape``, naming
     the nearest spec that works."""
     where = f"tensor {name}"
-    fmt = FORMATS.get(spec.scheme)
-    if fmt is None:
-        raise SpecError(
-            f"scheme {spec.scheme} in {where}: compressed-tensors holds "
-            f"{', '.join(FORMATS)}; use one of them or --format quant"
-        )
+    fmt = _format_for(spec, where)
     if spec.bits not in fmt.bits:
         nearest = min(fmt.bits, key=lambda b: (abs(b - spec.bits), -b))
         raise SpecError(
@@ -149,10 +218,15 @@ def check_spec(spec: QuantSpec, name: str, shape: tuple[int, ...]) -> None:
             f"{len(shape)}-D weight {list(shape)} in {where}: compressed-tensors quantizes "
             f"Linear weights [out, in]; keep it with --exclude '{name}'"
         )
-    if spec.granularity == "tensor":
+    if spec.granularity not in fmt.granularities:
+        if spec.granularity == "tensor":
+            raise SpecError(
+                f"per-tensor scale in {where}: quant writes compressed-tensors {fmt.name} per "
+                "channel or per group (what vLLM's kernels take); use --granularity channel"
+            )
         raise SpecError(
-            f"per-tensor scale in {where}: quant writes compressed-tensors per channel or per "
-            "group (what vLLM's kernels take); use --granularity channel"
+            f"{spec.granularity} scales in {where}: compressed-tensors {fmt.name} scales "
+            f"{' or '.join(fmt.granularities)}; use --granularity {fmt.granularities[-1]}"
         )
     if spec.granularity == "channel" and spec.axis not in (0, -2):
         raise SpecError(
@@ -160,6 +234,12 @@ def check_spec(spec: QuantSpec, name: str, shape: tuple[int, ...]) -> None:
             "(axis 0) of a Linear weight; use --axis 0"
         )
     if spec.granularity == "group" and shape[1] % spec.group_size:
+        if fmt.layout == "nibbles":
+            raise SpecError(
+                f"row length {shape[1]} in {where}: {spec.scheme} has one scale per "
+                f"{spec.group_size} elements, which does not divide it, and compressed-tensors "
+                f"has no ragged last block; keep it with --exclude '{name}'"
+            )
         fits = [g for g in (128, 64, 32, 16) if shape[1] % g == 0 and g <= shape[1]]
         hint = f"--group-size {fits[0]}" if fits else "--granularity channel"
         raise SpecError(
@@ -170,17 +250,23 @@ def check_spec(spec: QuantSpec, name: str, shape: tuple[int, ...]) -> None:
 
 def weight_args(spec: QuantSpec) -> dict:
     """The ``weights`` QuantizationArgs of ``spec``: only keys the library's pydantic model
-    knows (it rejects unknown ones), in every version from 0.9 on."""
+    knows (it rejects unknown ones), for int and FP8 in every version from 0.9 on. NVFP4 and
+    MXFP4 also name their scales' dtype, as the library's own NVFP4A16 and MXFP4A16 schemes
+    do (its observer applies the MX exponent rule only to ``scale_dtype`` uint8)."""
     fmt = FORMATS[spec.scheme]
-    return {
+    group = spec.granularity == "group"
+    args = {
         "num_bits": spec.bits,
         "type": fmt.type,
         "symmetric": not spec.has_zero_point,
-        "strategy": spec.granularity,
-        "group_size": spec.group_size if spec.granularity == "group" else None,
+        "strategy": fmt.group_strategy if group else spec.granularity,
+        "group_size": spec.group_size if group else None,
         "dynamic": False,
         "actorder": None,
     }
+    if fmt.scale_dtype is not None:
+        args["scale_dtype"] = _TORCH_SCALE_DTYPES[fmt.scale_dtype]
+    return args
 
 
 def module_of(name: str) -> str:
@@ -206,21 +292,25 @@ def quantization_config(
     """The ``quantization_config`` of config.json.
 
     groups: (spec, module names) for each set of modules sharing one spec; ignore: modules
-    left in float that a ``Linear`` target could match (for readers that list them).
+    left in float that a ``Linear`` target could match (for readers that list them). Specs
+    of several formats make a ``mixed-precision`` config whose groups name their format.
     """
     formats = {FORMATS[spec.scheme].name for spec, _ in groups}
-    config_groups = {
-        f"group_{i}": {
+    mixed = len(formats) > 1
+    config_groups = {}
+    for i, (spec, modules) in enumerate(groups):
+        group = {
             "targets": [module_target(m, prefixes) for m in modules],
             "weights": weight_args(spec),
             "input_activations": None,
             "output_activations": None,
         }
-        for i, (spec, modules) in enumerate(groups)
-    }
+        if mixed:
+            group["format"] = FORMATS[spec.scheme].name
+        config_groups[f"group_{i}"] = group
     return {
         "quant_method": QUANT_METHOD,
-        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "format": MIXED_PRECISION if mixed else formats.pop() if formats else PACK_QUANTIZED,
         "quantization_status": "compressed",
         "config_groups": config_groups,
         "ignore": sorted(ignore),
@@ -229,22 +319,56 @@ def quantization_config(
     }
 
 
+# the Linear layers vLLM loads as one (qkv_proj, gate_up_proj, MLA's fused q_a/kv_a): it keeps
+# one NVFP4 global scale per fused layer, the largest of its parts', for all of them
+_FUSED = (
+    ("q_proj", "k_proj", "v_proj"),
+    ("gate_proj", "up_proj"),
+    ("q_a_proj", "kv_a_proj_with_mqa"),
+)
+
+
+def fused_groups(names: list[str]) -> list[list[str]]:
+    """The weights among ``names`` that vLLM loads as one fused layer: the q/k/v projections
+    of one attention block, gate/up of one MLP (q_a/kv_a of an MLA block), each set of two
+    or more, in the order of ``names``."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for name in names:
+        parent, _, leaf = module_of(name).rpartition(".")
+        for i, parts in enumerate(_FUSED):
+            if leaf in parts:
+                groups.setdefault((parent, i), []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def stored_layout(
     name: str, spec: QuantSpec, shape: tuple[int, ...]
 ) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
     """(name, dtype, shape) of the arrays weight ``name`` of ``shape`` is written as."""
-    module = module_of(name)
+    fmt = FORMATS[spec.scheme]
+    weight = module_of(name) + ".weight"
     out_f, in_f = shape
     scale_dtype = SCALE_NUMPY_DTYPES[spec.scale_dtype]
-    pshape = param_shape(shape, spec)
+    # the library stores a per-tensor scale as [1], the others as [out, 1] or [out, groups]
+    pshape = (1,) if spec.granularity == "tensor" else param_shape(shape, spec)
+    if fmt.layout == "weight":
+        return [(weight, spec.format.code_dtype, shape), (weight + SCALE, scale_dtype, pshape)]
+    if fmt.layout == "nibbles":
+        out = [
+            (weight + PACKED, np.dtype(np.uint8), (out_f, in_f // 2)),
+            (weight + SCALE, scale_dtype, pshape),
+        ]
+        if spec.format.tensor_scale:
+            out.append((weight + GLOBAL_SCALE, np.dtype(np.float32), (1,)))
+        return out
     out = [
-        (module + ".weight" + PACKED, np.dtype(np.int32), (out_f, packed_words(in_f, spec.bits))),
-        (module + ".weight" + SCALE, scale_dtype, pshape),
-        (module + ".weight" + SHAPE, np.dtype(np.int64), (2,)),
+        (weight + PACKED, np.dtype(np.int32), (out_f, packed_words(in_f, spec.bits))),
+        (weight + SCALE, scale_dtype, pshape),
+        (weight + SHAPE, np.dtype(np.int64), (2,)),
     ]
     if spec.has_zero_point:
         zshape = (packed_words(out_f, spec.bits), pshape[1])
-        out.append((module + ".weight" + ZERO_POINT, np.dtype(np.int32), zshape))
+        out.append((weight + ZERO_POINT, np.dtype(np.int32), zshape))
     return out
 
 
@@ -252,31 +376,71 @@ def stored_arrays(
     name: str, spec: QuantSpec, shape: tuple[int, ...], quant_arrays: list[tuple[str, np.ndarray]]
 ) -> list[tuple[str, np.ndarray]]:
     """The compressed-tensors arrays of weight ``name``, from quant's stored arrays of it
-    (codes packed by ``quantcli.core.packing``, scales, zero points), in the order of
-    ``stored_layout``. A pure re-layout: the dequantized values are unchanged."""
+    (codes packed by ``quantcli.core.packing``, scales, zero points, a tensor scale), in the
+    order of ``stored_layout``. A pure re-layout: the dequantized values are unchanged."""
     arrays = dict(quant_arrays)
-    codes, scale = np.asarray(arrays[name]), np.asarray(arrays[name + ".scale"])
+    codes, scale = np.asarray(arrays[name]), np.asarray(arrays[name + SCALE_SUFFIX])
+    layout = stored_layout(name, spec, shape)
+    fmt = FORMATS[spec.scheme]
     out_f, in_f = shape
+    if fmt.layout == "weight":
+        codes = codes.reshape(shape)
+        scale = _library_zero_scale(spec, scale.reshape(layout[1][2]), codes.view(np.uint8) & 0x7F)
+        return [(layout[0][0], codes), (layout[1][0], scale)]
+    if fmt.layout == "nibbles":
+        # quant packs 4-bit codes as the library does: element 2i low, 2i+1 high
+        result = [
+            (layout[0][0], codes.reshape(layout[0][2])),
+            (layout[1][0], scale.reshape(layout[1][2])),
+        ]
+        if spec.format.tensor_scale:
+            tensor_scale = np.asarray(arrays[name + TENSOR_SCALE_SUFFIX], np.float32)
+            result.append((layout[2][0], tensor_scale.reshape(1)))
+        return result
     bits = spec.bits
     row_bytes = codes.view(np.uint8).reshape(out_f, -1)
     if not spec.has_zero_point:
+        if spec.scheme in _LIBRARY_ZERO_SCALE:
+            signed = unpack(row_bytes, bits, in_f, signed=True)
+            scale = _library_zero_scale(spec, scale.reshape(layout[1][2]), signed)
         # two's complement code c -> offset c + 2**(b-1): the top bit of every field flips
         flip = np.uint8(0x80 if bits == 8 else 0x88)
         row_bytes = row_bytes ^ flip
         if bits == 4 and in_f % 2 and out_f:
             row_bytes[:, -1] &= np.uint8(0x0F)  # the padding nibble stays zero
     # zeropoint codes 0..2**b-1 are already the offset values of q - 2**(b-1)
-    layout = stored_layout(name, spec, shape)
     result = [
         (layout[0][0], _words(row_bytes, out_f, in_f, bits)),
         (layout[1][0], scale.reshape(layout[1][2])),
         (layout[2][0], np.array(shape, np.int64)),
     ]
     if spec.has_zero_point:
-        zp = np.asarray(arrays[name + ".zero_point"], np.uint8).reshape(out_f, -1)
+        zp = np.asarray(arrays[name + ZERO_POINT_SUFFIX], np.uint8).reshape(out_f, -1)
         packed = pack_int32(np.ascontiguousarray(zp.T), bits)  # along dim 0
         result.append((layout[3][0], np.ascontiguousarray(packed.T)))
     return result
+
+
+def _library_zero_scale(spec: QuantSpec, scale: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``scale`` ([out, 1], [out, groups] or [1]) with the library's value for a group of
+    zeros where quant stores 1: the machine epsilon of the scale dtype (compressed-tensors'
+    observer replaces a zero scale by it). Only for the library's own rules (fullrange-ct,
+    fp8), so their bytes match its compressor's; every code of such a group is 0, so no
+    restored value changes. codes: [out, in], zero where the element's code is 0."""
+    if spec.scheme not in _LIBRARY_ZERO_SCALE or spec.calibration != "minmax":
+        return scale
+    rows = codes.shape[0]
+    if spec.granularity == "tensor":
+        zero = np.array([not codes.any()])
+    elif spec.granularity == "group":
+        zero = ~codes.reshape(rows, scale.shape[1], -1).any(axis=2)
+    else:
+        zero = ~codes.reshape(rows, -1).any(axis=1, keepdims=True)
+    zero = zero.reshape(scale.shape) & (scale == 1)
+    if not zero.any():
+        return scale
+    eps = scale.dtype.type(ml_dtypes.finfo(scale.dtype).eps)
+    return np.where(zero, eps, scale).astype(scale.dtype)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -286,8 +450,11 @@ def stored_arrays(
 class CTEntry:
     """One quantized Linear weight of a compressed-tensors checkpoint, as quant sees it.
 
-    spec: absmax for symmetric args (its codes may use the whole signed range, down to
-    -2**(b-1)), zeropoint for asymmetric ones; ``scale_dtype`` is the stored scales'.
+    spec: absmax for symmetric int args (its codes may use the whole signed range, down to
+    -2**(b-1), and its scales may be negative, as a fullrange export's are), zeropoint for
+    asymmetric ones, fp8, nvfp4 or mxfp4 for the float formats; ``scale_dtype`` is the
+    stored scales'. dtype: the weight's original dtype (the scales' for int and FP8, the
+    model's config.json ``dtype`` for NVFP4 and MXFP4, whose scales are 8-bit).
     """
 
     name: str
@@ -298,6 +465,10 @@ class CTEntry:
     @property
     def module(self) -> str:
         return module_of(self.name)
+
+    @property
+    def fmt(self) -> CTFormat:
+        return FORMATS[self.spec.scheme]
 
     def stored(self) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
         return stored_layout(self.name, self.spec, self.shape)
@@ -329,36 +500,86 @@ def _names(targets: list, module: str, classes: tuple[str, ...] = ()) -> bool:
     return False
 
 
-def _parse_args(name: str, args: object, fmt: str, label: str) -> dict:
+# the formats quant reads, by the name config.json gives them
+_READ_FORMATS = {
+    PACK_QUANTIZED: PACK,
+    NAIVE_QUANTIZED: FP8,
+    FLOAT_QUANTIZED: FP8,
+    NVFP4_PACK_QUANTIZED: NVFP4,
+    MXFP4_PACK_QUANTIZED: MXFP4,
+}
+_READS = (
+    "quant reads pack-quantized int (4 and 8 bits), naive- and float-quantized FP8, "
+    "nvfp4-pack-quantized and mxfp4-pack-quantized weights"
+)
+
+
+def _infer_format(kind: str, bits: int, group: int | None) -> CTFormat | None:
+    """A group's format when config.json names none (or ``mixed-precision``), as the library
+    infers a module's: MXFP4 for 4-bit floats in groups of 32, NVFP4 in groups of 16, FP8
+    for 8-bit floats, pack-quantized for ints."""
+    if kind == "float":
+        return {4: {32: MXFP4, 16: NVFP4}.get(group), 8: FP8}.get(bits)
+    return PACK if kind == "int" else None
+
+
+def _parse_args(name: str, args: object, fmt_name: object, label: str) -> dict:
     if not isinstance(args, dict):
         raise _bad(label, f"group {name!r} has no weights arguments")
     bits = args.get("num_bits", 8)
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise _bad(label, f"group {name!r}: num_bits {bits!r} is not an integer")
     kind = args.get("type", "int")
-    if kind != "int" or fmt != PACK_QUANTIZED:
+    group = args.get("group_size")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, int)):
+        raise _bad(label, f"group {name!r}: group_size {group!r} is not an integer")
+    if fmt_name is None or fmt_name == MIXED_PRECISION:
+        fmt = _infer_format(kind, bits, group)
+    else:
+        fmt = _READ_FORMATS.get(fmt_name) if isinstance(fmt_name, str) else None
+    if fmt is None or kind != fmt.type:
+        shown = fmt_name if isinstance(fmt_name, str) else "unnamed"
         raise QuantizedFormatError(
-            f"unsupported compressed-tensors format in {label}: group {name!r} is {fmt} "
-            f"{kind}; quant reads pack-quantized int weights"
+            f"unsupported compressed-tensors format in {label}: group {name!r} is {shown} "
+            f"{kind!s:.20} {bits}-bit; {_READS}"
         )
-    if bits not in SUPPORTED_BITS:
-        raise QuantizedFormatError(
-            f"unsupported compressed-tensors width in {label}: group {name!r} has {bits}-bit "
-            "codes, whose packing changed between library versions; quant reads 4 and 8 bits"
-        )
-    strategy = args.get("strategy") or ("group" if args.get("group_size") else "channel")
-    if strategy not in ("channel", "group"):
+    if bits not in fmt.bits:
+        if fmt is PACK:
+            raise QuantizedFormatError(
+                f"unsupported compressed-tensors width in {label}: group {name!r} has {bits}-bit "
+                "codes, whose packing changed between library versions; quant reads 4 and 8 bits"
+            )
+        raise _bad(label, f"group {name!r}: {fmt.name} has {fmt.bits[0]}-bit codes, not {bits}")
+    strategy = args.get("strategy") or ("group" if group else "channel")
+    if strategy == fmt.group_strategy:
+        strategy = "group"
+    if strategy not in fmt.granularities:
         raise QuantizedFormatError(
             f"unsupported compressed-tensors strategy in {label}: group {name!r} is "
-            f"{strategy!r}; quant reads channel and group"
+            f"{strategy!r}; quant reads {fmt.name} with strategy "
+            f"{' or '.join(fmt.group_strategy if g == 'group' else g for g in fmt.granularities)}"
         )
-    group = args.get("group_size")
-    if strategy == "group" and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+    if strategy == "group" and (group is None or group < 1):
         raise _bad(label, f"group {name!r}: group_size {group!r} is not a positive integer")
     symmetric = args.get("symmetric", True)
     if not isinstance(symmetric, bool):
         raise _bad(label, f"group {name!r}: symmetric {symmetric!r} is not true or false")
-    return {"bits": bits, "strategy": strategy, "group_size": group, "symmetric": symmetric}
+    if fmt is not PACK:
+        if not symmetric:
+            raise QuantizedFormatError(
+                f"unsupported compressed-tensors weights in {label}: group {name!r} is an "
+                f"asymmetric {fmt.name}; quant reads it symmetric, as the library writes it"
+            )
+        wanted = {NVFP4: 16, MXFP4: 32}.get(fmt)
+        if wanted is not None and group != wanted:
+            raise _bad(label, f"group {name!r}: {fmt.name} has groups of {wanted}, not {group}")
+    return {
+        "format": fmt,
+        "bits": bits,
+        "strategy": strategy,
+        "group_size": group,
+        "symmetric": symmetric,
+    }
 
 
 def read_config(config: dict, label: str) -> tuple[list[tuple[list, dict]], list]:
@@ -372,7 +593,7 @@ def read_config(config: dict, label: str) -> tuple[list[tuple[list, dict]], list
     groups = qc.get("config_groups")
     if not isinstance(groups, dict) or not groups:
         raise _bad(label, "quantization_config has no config_groups")
-    fmt = qc.get("format", PACK_QUANTIZED)
+    fmt = qc.get("format")
     parsed = []
     for gname, group in groups.items():
         if not isinstance(group, dict):
@@ -390,34 +611,78 @@ def read_config(config: dict, label: str) -> tuple[list[tuple[list, dict]], list
     return parsed, ignore
 
 
+_DTYPE_NAMES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+def model_dtype(config: dict) -> np.dtype:
+    """The model's float dtype from config.json (``dtype``, or the older ``torch_dtype``, of
+    the model or its text model); float32, transformers' default, when it names none."""
+    for part in (config, config.get("text_config")):
+        if not isinstance(part, dict):
+            continue
+        for key in ("dtype", "torch_dtype"):
+            value = part.get(key)
+            if isinstance(value, str) and value.removeprefix("torch.") in _DTYPE_NAMES:
+                return np.dtype(_DTYPE_NAMES[value.removeprefix("torch.")])
+    return np.dtype(np.float32)
+
+
+_E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+
+
 def read_entries(config: dict, infos: dict, label: str) -> dict[str, CTEntry]:
     """The quantized weights of a checkpoint: config.json's dict and its tensors' infos
-    (name -> TensorInfo). Shapes are checked against ``M.weight_shape`` later, in
-    ``check_stored``, since that needs the tensor's data."""
+    (name -> TensorInfo). A pack-quantized weight's shape is read from its ``M.weight_shape``
+    tensor later (``load_entries``), since that needs the tensor's data."""
     groups, ignore = read_config(config, label)
     entries = {}
-    for tensor in infos:
-        if not tensor.endswith(".weight" + PACKED):
+    for tensor, info in infos.items():
+        if tensor.endswith(".weight" + PACKED):
+            module, stored = tensor[: -len(".weight" + PACKED)], "packed"
+        elif tensor.endswith(".weight") and np.dtype(info.dtype) == _E4M3:
+            module, stored = tensor[: -len(".weight")], "float8"
+        else:
             continue
-        module = tensor[: -len(".weight" + PACKED)]
-        # a packed weight is a Linear's, whatever class name a target uses for it
+        # a quantized weight is a Linear's, whatever class name a target uses for it
         args = next((a for t, a in groups if _names(t, module, _LINEAR)), None)
         if args is None or _names(ignore, module):
-            raise _bad(label, f"{tensor} is packed but no config group targets {module}")
+            raise _bad(label, f"{tensor} is {stored} but no config group targets {module}")
+        fmt = args["format"]
+        if (fmt.layout == "weight") != (stored == "float8"):
+            raise _bad(label, f"{tensor} is {stored} but its config group is {fmt.name}")
         scale = infos.get(module + ".weight" + SCALE)
         if scale is None:
             raise _bad(label, f"{module}.weight_scale is missing")
-        if np.dtype(scale.dtype) not in _SCALE_DTYPES:
-            raise _bad(label, f"{module}.weight_scale is {scale.dtype}, not a float dtype")
+        if fmt.scale_dtype is None:
+            if np.dtype(scale.dtype) not in _SCALE_DTYPES:
+                raise _bad(label, f"{module}.weight_scale is {scale.dtype}, not a float dtype")
+            scale_dtype, dtype = _SCALE_DTYPES[np.dtype(scale.dtype)], np.dtype(scale.dtype)
+        else:
+            scale_dtype, dtype = fmt.scale_dtype, model_dtype(config)
+        scheme = {FP8: "fp8", NVFP4: "nvfp4", MXFP4: "mxfp4"}.get(fmt)
+        if scheme is None:
+            scheme = "absmax" if args["symmetric"] else "zeropoint"
         spec = QuantSpec(
-            scheme="absmax" if args["symmetric"] else "zeropoint",
+            scheme=scheme,
             bits=args["bits"],
             granularity=args["strategy"],
             group_size=args["group_size"] or 128,
-            scale_dtype=_SCALE_DTYPES[np.dtype(scale.dtype)],
+            scale_dtype=scale_dtype,
         )
+        shape = (0, 0)  # pack-quantized: from M.weight_shape
+        if fmt.layout != "int32":
+            if len(info.shape) != 2:
+                raise _bad(label, f"{tensor} is {len(info.shape)}-D, not a Linear weight")
+            rows, cols = info.shape
+            shape = (rows, cols) if fmt.layout == "weight" else (rows, 2 * cols)
+            if spec.granularity == "group" and shape[1] % spec.group_size:
+                raise _bad(
+                    label,
+                    f"{tensor} holds rows of {shape[1]}, which groups of {spec.group_size} "
+                    "do not divide",
+                )
         name = module + ".weight"
-        entries[name] = CTEntry(name, spec, (0, 0), np.dtype(scale.dtype))
+        entries[name] = CTEntry(name, spec, shape, dtype)
     return entries
 
 
@@ -455,7 +720,16 @@ def check_stored(entry: CTEntry, infos: dict, label: str) -> None:
 
 
 def unpacked_codes(entry: CTEntry, packed: np.ndarray, label: str) -> np.ndarray:
-    """The signed int8 codes [out, in] of ``entry``; padding bits must be zero."""
+    """The codes [out, in] of ``entry``: signed int8 for pack-quantized (padding bits must
+    be zero), float8_e4m3fn for FP8 (NaN is no code), uint8 E2M1 codes for NVFP4 and MXFP4."""
+    layout = entry.fmt.layout
+    if layout == "weight":
+        codes = np.asarray(packed)
+        if not np.isfinite(codes.astype(np.float32)).all():
+            raise _bad(label, f"{entry.name} holds NaN, which no FP8 weight is")
+        return codes
+    if layout == "nibbles":
+        return unpack(np.asarray(packed, np.uint8), 4, entry.shape[1], signed=False)
     codes, clean = unpack_int32(packed, entry.spec.bits, entry.shape[1])
     if not clean:
         raise _bad(label, f"{entry.module}.weight_packed has bits set past the row's last code")
@@ -463,17 +737,24 @@ def unpacked_codes(entry: CTEntry, packed: np.ndarray, label: str) -> np.ndarray
 
 
 def restore(entry: CTEntry, arrays: dict, label: str, dtype=None) -> np.ndarray:
-    """Floats of ``entry`` from its stored arrays (name -> array): (q - zp) * scale per
-    group, computed in float32, in ``dtype`` (default: the scales' dtype, the model's)."""
-    spec, module = entry.spec, entry.module
-    bits, half = entry.spec.bits, 1 << (entry.spec.bits - 1)
-    codes = unpacked_codes(entry, arrays[module + ".weight" + PACKED], label)
+    """Floats of ``entry`` from its stored arrays (name -> array), computed in float32 as
+    quant dequantizes its own formats (``(q - zp) * scale`` per group; E2M1 or FP8 values
+    times the scale, over the global scale for NVFP4), in ``dtype`` (default: the entry's)."""
+    spec, module, fmt = entry.spec, entry.module, entry.fmt
+    stored = entry.stored()
+    codes = unpacked_codes(entry, arrays[stored[0][0]], label)
     scale = np.asarray(arrays[module + ".weight" + SCALE])
-    scale32 = scale.astype(np.float32)
-    if not np.isfinite(scale32).all() or (scale32 <= 0).any():
-        raise _bad(label, f"{module}.weight_scale has values that are not finite and positive")
-    zp = None
+    scale32 = SCALE_KINDS[spec.scale_dtype].load(scale)
+    if fmt is PACK and not spec.has_zero_point:
+        # a fullrange export's scales are negative where its largest value is positive
+        valid, why = np.isfinite(scale32).all() and (scale32 != 0).all(), "finite and non-zero"
+    else:
+        valid, why = spec.format.valid_scales(scale32), "finite and positive"
+    if not valid:
+        raise _bad(label, f"{module}.weight_scale has values that are not {why}")
+    zp = tensor_scale = None
     if spec.has_zero_point:
+        bits, half = spec.bits, 1 << (spec.bits - 1)
         out_f = entry.shape[0]
         packed_zp = np.asarray(arrays[module + ".weight" + ZERO_POINT])
         zp_t, clean = unpack_int32(np.ascontiguousarray(packed_zp.T), bits, out_f)
@@ -482,10 +763,14 @@ def restore(entry: CTEntry, arrays: dict, label: str, dtype=None) -> np.ndarray:
         # the signed convention back to quant's unsigned one: (q - zp) is unchanged
         zp = (zp_t.T.astype(np.int16) + half).astype(np.uint8)
         codes = (codes.astype(np.int16) + half).astype(np.uint8)
+    if spec.format.tensor_scale:
+        tensor_scale = np.asarray(arrays[module + ".weight" + GLOBAL_SCALE], np.float32)
+        if not (np.isfinite(tensor_scale).all() and (tensor_scale > 0).all()):
+            raise _bad(label, f"{module}.weight_global_scale is not finite and positive")
     from quantcli.core.quantizer import dequantize  # the numerics load only when restoring
 
     target = np.dtype(entry.dtype if dtype is None else dtype)
-    x_hat = dequantize(codes, scale32, zp, spec)
+    x_hat = dequantize(codes, scale, zp, spec, tensor_scale=tensor_scale)  # scales as stored
     return x_hat if target == np.float32 else x_hat.astype(target)
 
 
@@ -495,16 +780,18 @@ def dump_config(config: dict) -> bytes:
 
 
 def load_entries(config: dict, infos: dict, read, label: str) -> dict[str, CTEntry]:
-    """``read_entries`` with each entry's shape read from its ``M.weight_shape`` tensor
-    (``read(name)`` gives a tensor's array), and its stored arrays checked."""
+    """``read_entries`` with each pack-quantized entry's shape read from its
+    ``M.weight_shape`` tensor (``read(name)`` gives a tensor's array), and every entry's
+    stored arrays checked."""
     entries = {}
     for name, entry in read_entries(config, infos, label).items():
-        shape_name = entry.module + ".weight" + SHAPE
-        if shape_name not in infos:
-            raise _bad(label, f"{shape_name} is missing")
-        if infos[shape_name].size != 2:
-            raise _bad(label, f"{shape_name} is not two positive integers")
-        entry = with_shape(entry, read(shape_name), label)
+        if entry.fmt.layout == "int32":
+            shape_name = entry.module + ".weight" + SHAPE
+            if shape_name not in infos:
+                raise _bad(label, f"{shape_name} is missing")
+            if infos[shape_name].size != 2:
+                raise _bad(label, f"{shape_name} is not two positive integers")
+            entry = with_shape(entry, read(shape_name), label)
         check_stored(entry, infos, label)
         entries[name] = entry
     return entries

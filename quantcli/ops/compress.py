@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from quantcli.core.quantizer import is_float_dtype
+from quantcli.core.quantizer import is_float_dtype, tensor_scale_of
 from quantcli.core.spec import QuantSpec
-from quantcli.errors import InputError, SpecError, UsageError
+from quantcli.errors import InputError, UsageError
 from quantcli.io import compressed_tensors as ct
 from quantcli.io.detect import open_input
 from quantcli.io.model_folder import ModelFolder, write_model_folder
@@ -148,6 +148,7 @@ def compress(
             result.carried, result.skipped = list(folder.carried), list(folder.skipped)
         if format == "compressed-tensors":
             plans = _plan(source, selector, nonfinite, container=_CTContainer(folder.config))
+            plans[0].container.share_tensor_scales(source, plans)
         else:
             plans = _plan(source, selector, nonfinite)
         total = sum(info.size for info in source.infos())
@@ -233,6 +234,7 @@ class _CTContainer:
 
     def __init__(self, config: dict) -> None:
         self.model_config = config
+        self.tensor_scales: dict[str, np.ndarray] = {}  # shared by fused NVFP4 layers
         vocab = config.get("vocab_size")
         text = config.get("text_config")
         if vocab is None and isinstance(text, dict):
@@ -267,16 +269,23 @@ class _CTContainer:
         in_stack = any(part.isdigit() for part in module.split("."))
         if last in _HEADS or (not in_stack and self.vocab is not None and shape[0] == self.vocab):
             return Selection(name, None, "kept: output head")
-        spec = sel.spec.for_tensor(shape, name)
-        own = ct.scale_dtype_for(info.dtype)
-        if spec.scale_dtype not in ("float32", own):
-            raise SpecError(
-                f"{spec.scale_dtype} scales in tensor {name}: compressed-tensors stores scales "
-                f"in the model's dtype ({own}); drop --scale-dtype"
-            )
-        spec = replace(spec, scale_dtype=own)
-        ct.check_spec(spec, name, shape)
+        spec = ct.export_spec(sel.spec.for_tensor(shape, name), info.dtype, name, shape)
         return Selection(name, spec)
+
+    def share_tensor_scales(self, source: TensorSource, plans: list[_ShardPlan]) -> None:
+        """Give the NVFP4 weights vLLM fuses into one layer (q/k/v, gate/up) one global scale,
+        the smallest of theirs, as llm-compressor does: vLLM applies one per fused layer.
+        Costs one more read of those weights."""
+        specs = {
+            s.name: s.spec
+            for plan in plans
+            for s in plan.selections
+            if s.quantized and s.spec.format.tensor_scale
+        }
+        for group in ct.fused_groups(list(specs)):
+            scales = [tensor_scale_of(source.read(n), specs[n], n) for n in group]
+            shared = min(scales, key=lambda g: float(g[0]))
+            self.tensor_scales.update(dict.fromkeys(group, shared))
 
     def stored(self, name: str, spec: QuantSpec, shape: tuple[int, ...]):
         return ct.stored_layout(name, spec, shape)
@@ -297,7 +306,7 @@ class _CTContainer:
                 module = info.name[: -len(".weight")]
                 if sel.quantized:
                     # the scale dtype is not part of the arguments: one group per spec rest
-                    key = replace(sel.spec, scale_dtype="float32", calibration="minmax")
+                    key = replace(sel.spec, scale_dtype=None, calibration="minmax")
                     groups.setdefault(key, []).append(module)
                 else:
                     ignore.append(module)
@@ -399,7 +408,8 @@ def _write_shard(source, plan: _ShardPlan, f, result: CompressResult, progress, 
     writer = SafetensorsWriter(f, plan.layout(), plan.metadata)
     written = []
     for info, selection in zip(plan.infos, plan.selections):
-        res = process(info.name, source.read(info.name), selection)
+        shared = plan.container.tensor_scales.get(info.name) if plan.container else None
+        res = process(info.name, source.read(info.name), selection, tensor_scale=shared)
         if plan.container is not None and res.quantized:
             plan.container.convert(res)
         for name, array in res.stored:

@@ -130,7 +130,8 @@ def open_quantized(input: str, source: TensorSource, command: str) -> QuantizedC
             if not entries:
                 raise InputError(
                     f"no quantized weight in {label}: config.json says compressed-tensors but "
-                    "no tensor is named *.weight_packed; quant reads pack-quantized checkpoints"
+                    "no tensor is named *.weight_packed or is an FP8 *.weight; quant reads "
+                    "checkpoints whose weights are compressed"
                 )
             return QuantizedCheckpoint(
                 "compressed-tensors",

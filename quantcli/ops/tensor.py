@@ -57,12 +57,15 @@ class TensorResult:
         return 8.0 * self.bytes_out / self.elements if self.elements else 0.0
 
 
-def process(name: str, array: np.ndarray, selection: Selection) -> TensorResult:
-    """Quantize ``array`` when ``selection`` says so and measure the error, else keep it."""
+def process(
+    name: str, array: np.ndarray, selection: Selection, tensor_scale: np.ndarray | None = None
+) -> TensorResult:
+    """Quantize ``array`` when ``selection`` says so and measure the error, else keep it.
+    tensor_scale: a scale per tensor to use instead of the array's own (``quantize``)."""
     shape, dtype = tuple(array.shape), np.dtype(array.dtype)
     if not selection.quantized:
         return TensorResult(name, shape, dtype, selection, stored=[(name, array)])
-    qt = quantize(array, selection.spec, name, measure=True, packed=True)
+    qt = quantize(array, selection.spec, name, measure=True, packed=True, tensor_scale=tensor_scale)
     return TensorResult(
         name,
         shape,

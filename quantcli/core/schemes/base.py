@@ -135,3 +135,25 @@ def safe_scale(
 
 
 FLOAT32_SMALLEST_NORMAL = np.finfo(np.float32).tiny
+
+# compressed-tensors computes a model's codes in the model's dtype: scales stored in bf16 or
+# f16 are a model of that dtype's, so the schemes that follow the library (fullrange-ct, fp8)
+# encode with the scale as stored and x / scale rounded to that dtype, as torch divides
+_MODEL_DTYPES = {"bfloat16": SCALE_KINDS["bfloat16"].dtype, "float16": np.dtype(np.float16)}
+
+
+def as_stored(scale: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """float32 ``scale`` rounded to the spec's scale dtype and back (float32)."""
+    kind = SCALE_KINDS[spec.scale_dtype]
+    with np.errstate(over="ignore"):  # an overflowing scale is refused when stored
+        return kind.load(kind.store(scale))
+
+
+def round_to_model_dtype(t: np.ndarray, spec: QuantSpec) -> None:
+    """Round float32 quotients ``t`` in place to the model dtype the spec's bf16 or f16 scales
+    stand for (torch's bf16 division is the float32 one rounded to bf16: checked against
+    torch by tests/test_interop_ct_formats.py); nothing for float32 scales."""
+    narrow = _MODEL_DTYPES.get(spec.scale_dtype)
+    if narrow is not None:
+        with np.errstate(over="ignore"):  # beyond the dtype's range: inf, clipped after
+            np.copyto(t, t.astype(narrow))

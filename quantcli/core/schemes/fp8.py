@@ -4,6 +4,10 @@ scale = amax / max (one per tensor, channel or group); q = fp8(clip(x / scale, -
 with round to nearest even; x_hat = float(q) * scale. The clip comes before the cast because
 ml_dtypes turns an E4M3 overflow (480 and up) into NaN instead of saturating. Codes are stored
 as the fp8 dtype itself (safetensors F8_E4M3 / F8_E5M2), so any reader sees the values.
+
+With bfloat16 or float16 scales (a model of that dtype, exported to compressed-tensors) codes
+are computed as that library computes them: with the scale as stored, and x / scale rounded to
+that dtype before the cast.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from quantcli.core.parallel import scratch
-from quantcli.core.schemes.base import Scheme, safe_scale
+from quantcli.core.schemes.base import Scheme, as_stored, round_to_model_dtype, safe_scale
 
 if TYPE_CHECKING:
     from quantcli.core.spec import QuantSpec
@@ -64,12 +68,15 @@ class FP8(Scheme):
     def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> FloatParams:
         amax = np.maximum(hi, -lo)
         top = np.float32(self.max)
-        return FloatParams(amax=amax, scale=safe_scale(amax / top, amax, self.max, spec, 0.0))
+        scale = safe_scale(amax / top, amax, self.max, spec, 0.0)
+        # codes use the scale as stored (compressed-tensors' rule for bf16 and f16 scales)
+        return FloatParams(amax=amax, scale=as_stored(scale, spec))
 
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         t = scratch("encode", x.shape, np.float32)
         with np.errstate(over="ignore"):
             np.divide(x, scale, out=t)
+        round_to_model_dtype(t, spec)  # the library divides in the model's dtype
         np.clip(t, -self.max, self.max, out=t)
         np.copyto(out, t, casting="unsafe")  # ml_dtypes' cast: round to nearest even
 

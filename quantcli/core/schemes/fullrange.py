@@ -8,6 +8,10 @@ Two scale rules, two registry entries:
   is positive. At 4 bits this gives 16 levels where ``absmax`` has 15.
 - ``fullrange-ct`` (compressed-tensors' default observer): scale = amax / ((2^b - 1) / 2),
   positive; codes clamped to [-2^(b-1), 2^(b-1) - 1], so amax itself lands on the clamp.
+  Its codes are computed as the library computes them: with the scale as stored, and, when
+  scales are bfloat16 or float16 (a model of that dtype), with x / scale rounded to that
+  dtype before rounding to a code, since the library divides in the model's dtype
+  (``base.round_to_model_dtype``).
 
 q = clip(rint(x / scale), -2^(b-1), 2^(b-1) - 1); x_hat = q * scale.
 """
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from quantcli.core.parallel import scratch
-from quantcli.core.schemes.base import Scheme, safe_scale
+from quantcli.core.schemes.base import Scheme, as_stored, round_to_model_dtype, safe_scale
 
 if TYPE_CHECKING:
     from quantcli.core.spec import QuantSpec
@@ -90,7 +94,18 @@ class FullrangeCT(Fullrange):
         amax = np.maximum(hi, -lo)
         half_levels = (2**spec.bits - 1) / 2
         scale = safe_scale(amax / np.float32(half_levels), amax, half_levels, spec, slack=0.5)
-        return FullrangeParams(lo=-amax, hi=amax, scale=scale)
+        # codes use the scale as stored
+        return FullrangeParams(lo=-amax, hi=amax, scale=as_stored(scale, spec))
+
+    def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
+        qmin, qmax = self.code_range(spec.bits)
+        t = scratch("encode", x.shape, np.float32)
+        with np.errstate(over="ignore"):  # a far outlier clips to the extreme code
+            np.divide(x, scale, out=t)
+        round_to_model_dtype(t, spec)  # the library divides in the model's dtype
+        np.rint(t, out=t)
+        np.clip(t, qmin, qmax, out=t)
+        np.copyto(out, t, casting="unsafe")
 
     def valid_scales(self, stored32: np.ndarray) -> bool:
         return Scheme.valid_scales(self, stored32)

@@ -3,7 +3,8 @@
 As compressed-tensors computes and stores it (``nvfp4-pack-quantized``):
 
 - tensor scale g = 448 * 6 / amax(tensor) (``weight_global_scale``; ModelOpt stores its
-  reciprocal, ``weight_scale_2`` = amax / 2688), 1 for an all-zero tensor;
+  reciprocal, ``weight_scale_2`` = amax / 2688), 1 for an all-zero tensor; computed as
+  2688 * (1 / amax) in float32, as torch evaluates the library's ``2688 / amax``;
 - block scale s = E4M3(clip(g * (amax_block / 6), -448, 448)), round to nearest even; a block
   scale of 0 becomes 0.125, as the library does (``weight_scale``);
 - codes q = E2M1(x / (s / g)) rounded to nearest even; x_hat = E2M1 value * (s / g), with
@@ -44,7 +45,10 @@ class NVFP4(E2M1Scheme):
         if not amax > 0:
             return np.ones(1, np.float32)
         with np.errstate(over="ignore"):
-            g = np.float32(E4M3_MAX * E2M1_MAX) / np.float32(amax)
+            # 2688 / amax as torch computes a number over a tensor: reciprocal, then product
+            # (one float32 ulp off the quotient in about a quarter of cases), so that the
+            # global scale is the library's to the bit
+            g = np.float32(E4M3_MAX * E2M1_MAX) * (np.float32(1) / np.float32(amax))
         return np.array([min(g, np.finfo(np.float32).max)], np.float32)
 
     def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> FloatParams:
