@@ -25,7 +25,7 @@ from quantcli.core.search import (
     symmetric_error,
     symmetric_rtn_scales,
 )
-from quantcli.core.search.chunks import SEARCH_CHUNK_ELEMENTS
+from quantcli.core.search.chunks import SEARCH_CHUNK_ELEMENTS, best_rows
 from quantcli.errors import InputError, NonFiniteError, SpecError
 
 BITS = range(2, 9)
@@ -436,3 +436,16 @@ def test_extreme_magnitudes_stay_finite(strict_numerics):
         ]
     for r in results:
         assert np.all(np.isfinite(r)) and np.all(r != 0)
+
+
+def test_best_rows_is_the_first_argmax():
+    rng = np.random.default_rng(9)
+    score = rng.standard_normal((24, 500)).astype(np.float32)
+    score[:, :50] = np.abs(score[:, :50]) * 1e-30  # tiny and subnormal values
+    score[5, 60:70] = -np.inf
+    score[:, 70:80] = -np.inf  # a column with no candidate
+    score[3, 80:90] = score[:, 80:90].max(axis=0) + 1
+    score[7, 80:90] = score[3, 80:90]  # a tie: the first row wins
+    np.testing.assert_array_equal(best_rows(score), np.argmax(score, axis=0))
+    wide = rng.standard_normal((40, 30)).astype(np.float32)  # more rows than the key holds
+    np.testing.assert_array_equal(best_rows(wide), np.argmax(wide, axis=0))
