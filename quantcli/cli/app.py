@@ -39,7 +39,12 @@ def one_line(message: str) -> str:
 
 
 def fail(message: str, code: int) -> None:
-    typer.echo(f"Error: {one_line(message)}", err=True)
+    try:
+        typer.echo(f"Error: {one_line(message)}", err=True)
+    except BrokenPipeError:  # nobody reads stderr any more: the exit code still says it
+        from quantcli.cli.render import silence_stderr
+
+        silence_stderr()
     sys.exit(code)
 
 
@@ -54,6 +59,13 @@ def _interrupted() -> None:
 
 class QuantGroup(TyperGroup):
     """Runs a command and maps every failure to one line on stderr and an exit code."""
+
+    def get_command(self, ctx, cmd_name):
+        from quantcli.cli.aliases import add_aliases
+
+        command = super().get_command(ctx, cmd_name)
+        add_aliases(command)
+        return command
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         global _debug, _command
@@ -79,7 +91,9 @@ class QuantGroup(TyperGroup):
         except (typer.Abort, KeyboardInterrupt):
             _interrupted()
         except BrokenPipeError:
-            # the reader of our stdout went away (e.g. `| head`): not an error of ours
+            # the reader of our stdout (the command's data) went away, e.g. `| head`: not an
+            # error of ours, but the data was not all delivered. (A reader of stderr going
+            # away is no error at all: quantcli.cli.render.StderrGuard.)
             sys.stderr.close()
             sys.exit(1)
         except OSError as exc:
@@ -139,3 +153,6 @@ def root(
     _debug, _command = debug, ctx.invoked_subcommand or ""
     if debug:
         warnings.simplefilter("default")
+    from quantcli.core.parallel import thread_count
+
+    thread_count()  # a bad QUANT_THREADS is a usage error before any work, not midway

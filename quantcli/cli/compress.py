@@ -27,6 +27,7 @@ from quantcli.errors import UsageError
 
 @app.command()
 def compress(
+    ctx: typer.Context,
     input: Input,
     output: Output = None,
     scheme: Annotated[
@@ -34,15 +35,16 @@ def compress(
     ] = Scheme.absmax,
     bits: Annotated[int, typer.Option("--bits", min=2, max=8, help="Bits per weight, 2 to 8.")] = 8,
     granularity: Annotated[
-        Granularity,
+        Granularity | None,
         typer.Option(
             "--granularity",
             case_sensitive=False,
             help="One scale per tensor, per channel (along --axis) or per group of --group-size "
             "elements along the last axis. 0-d and 1-D tensors use one scale per tensor "
-            "when channel is asked for.",
+            "when channel is asked for. Default: group at 4 bits and below, channel above.",
+            show_default=False,
         ),
-    ] = Granularity.channel,
+    ] = None,
     axis: Annotated[
         int, typer.Option("--axis", help="Channel axis for --granularity channel.")
     ] = 0,
@@ -84,13 +86,14 @@ def compress(
 ) -> None:
     """Quantize INPUT and write the codes, scales and zero points as a safetensors file.
 
-    Prints the error report (one row per tensor, with the totals) on stderr; --json prints
-    the same facts on stdout.
+    Prints the error report (one row per tensor, with the totals) on stderr, and a warning
+    naming the tensors whose SQNR is below 10 dB; --json prints the same facts on stdout.
 
-    Example: quant compress model.safetensors --scheme zeropoint --bits 4 --granularity group
+    Example: quant compress model.safetensors --scheme zeropoint --bits 4 --group-size 32
     """
     from quantcli.cli.render import print_json, progress_bar
-    from quantcli.cli.tables import compress_json, compress_table
+    from quantcli.cli.spec_options import given_options, granularity_for, refuse_unused
+    from quantcli.cli.tables import compress_json, compress_table, warn_low_sqnr
     from quantcli.core.spec import QuantSpec
     from quantcli.ops.compress import compress as run_compress
     from quantcli.select import Selector
@@ -102,10 +105,19 @@ def compress(
             "compress: both would use standard output; write the quantized file to a path with -o, "
             "or drop --json"
         )
+    refuse_unused(
+        given_options(ctx),
+        bits=bits,
+        granularity=granularity.value if granularity else None,
+        axis=axis,
+        group_size=group_size,
+        calibration=calibration.value,
+        percentile=percentile,
+    )
     spec = QuantSpec(
         scheme=scheme.value,
         bits=bits,
-        granularity=granularity.value,
+        granularity=granularity_for(bits, granularity.value if granularity else None),
         axis=axis,
         group_size=group_size,
         calibration=calibration.value,
@@ -119,3 +131,4 @@ def compress(
         print_json(compress_json(result))
     if not quiet:
         compress_table(result)
+    warn_low_sqnr(result)

@@ -1,11 +1,16 @@
 """Rendering helpers shared by the commands: consoles, numbers, sizes, JSON, progress.
 
 Data goes to stdout, messages and tables for people to stderr. Rich is used only here and in
-the command modules.
+the command modules. Tables are drawn by ``quantcli.cli.table``.
+
+A reader of stderr that goes away (``quant compress ... 2>&1 | head -2``) does not fail the
+command: what quant prints there comes after the work is done (the report, warnings), so the
+rest of it is dropped and the exit status is the job's (``StderrGuard``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -14,10 +19,59 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.text import Text
 
 # Width for tables written to a file or pipe: wide enough that rows do not wrap in a log.
 # On a terminal (or with COLUMNS set) Rich uses the real width.
 PIPE_WIDTH = 160
+
+
+class StderrGuard(io.TextIOBase):
+    """``sys.stderr`` as it was when made, except that a closed pipe is not an error.
+
+    On the first BrokenPipeError, file descriptor 2 is pointed at the null device, so that
+    neither this write nor the interpreter's flush at exit fails; the text is dropped. (The
+    stream is bound once, not looked up on each write: Rich's progress bar puts its own proxy
+    in ``sys.stderr``, which writes back through this console.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream = sys.stderr
+
+    def write(self, text: str) -> int:
+        try:
+            self.stream.write(text)
+        except BrokenPipeError:
+            silence_stderr(self.stream)
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            silence_stderr(self.stream)
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # Rich picks its box characters from it
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+
+def silence_stderr(stream=None) -> None:
+    """Send whatever is left for ``stream`` (default: stderr) to the null device: its reader
+    went away."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, (stream or sys.stderr).fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file descriptor (e.g. under a test runner): nothing to redirect
 
 
 def _console(stderr: bool) -> Console:
@@ -25,7 +79,11 @@ def _console(stderr: bool) -> Console:
     piped = not stream.isatty() and "COLUMNS" not in os.environ
     # markup off: tensor names like "a[0]" must print as they are
     return Console(
-        stderr=stderr, highlight=False, markup=False, width=PIPE_WIDTH if piped else None
+        file=StderrGuard() if stderr else None,
+        stderr=stderr,
+        highlight=False,
+        markup=False,
+        width=PIPE_WIDTH if piped else None,
     )
 
 
@@ -60,16 +118,38 @@ def short_dtype(dtype) -> str:
     return SHORT_DTYPES.get(name, name)
 
 
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
 def human_bytes(n: int) -> str:
-    """1536 -> ``1.5K`` (binary units, compact for tables)."""
+    """Bytes in binary (IEC) units, 2 or 3 significant digits: ``512 B``, ``1.5 KiB``,
+    ``117 KiB``, ``4.0 GiB`` (1 KiB = 1024 B)."""
     value = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(value) < 1024 or unit == "T":
-            if unit == "B" or value >= 10:
-                return f"{value:.0f}{unit}"
-            return f"{value:.1f}{unit}"
+    for unit in BYTE_UNITS:
+        if unit == "B":
+            if value < 1024:
+                return f"{n} B"
+        elif round(value, 1) < 10:
+            return f"{value:.1f} {unit}"
+        elif round(value) < 1024 or unit == BYTE_UNITS[-1]:
+            return f"{value:.0f} {unit}"
         value /= 1024
-    return f"{n}B"
+    raise AssertionError("unreachable")
+
+
+def size_change(bytes_in: int, bytes_out: int) -> str:
+    """``1.5 MiB -> 410 KiB (3.74x smaller)``; ``(1.12x larger)`` when the output grew."""
+    sizes = f"{human_bytes(bytes_in)} -> {human_bytes(bytes_out)}"
+    if bytes_in == bytes_out or not (bytes_in and bytes_out):
+        return f"{sizes} (same size)" if bytes_in == bytes_out else sizes
+    if bytes_out < bytes_in:
+        return f"{sizes} ({bytes_in / bytes_out:.2f}x smaller)"
+    return f"{sizes} ({bytes_out / bytes_in:.2f}x larger)"
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (not wrapped by quant), in bold yellow on a terminal."""
+    err_console().print(Text(f"Warning: {message}", style="bold yellow"), soft_wrap=True)
 
 
 def fmt_metric(value: float | None) -> str:
@@ -89,6 +169,15 @@ def fmt_metric(value: float | None) -> str:
         return f"{value:.0f}"
     mantissa, exp = f"{value:.2e}".split("e")
     return f"{mantissa}e{int(exp)}"
+
+
+def fmt_db(value: float) -> str:
+    """A level in decibels with one decimal: ``44.5``, ``-3.0``; ``inf`` for an exact one."""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.1f}"
 
 
 def fmt_shape(shape) -> str:

@@ -22,6 +22,7 @@ from quantcli.io.quantized_format import QuantizedEntry, header_metadata
 from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
+from quantcli.ops.fingerprint import fingerprint
 from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
 from quantcli.ops.sources import file_metadata, format_of
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
@@ -105,6 +106,7 @@ def compress(
         sharded = isinstance(source, ShardedReader)
         output = output or default_output(input, selector, sharded)
         result = CompressResult(input=source.label, output=output)
+        selector.check_patterns([i.name for i in source.infos()], source.label)
         plans = _plan(source, selector, nonfinite)
         total = sum(info.size for info in source.infos())
 
@@ -180,7 +182,9 @@ def _plan(source: TensorSource, selector: Selector, nonfinite: str) -> list[_Sha
                         sel = Selection(info.name, None, f"kept: {bad} non-finite values")
             selections.append(sel)
         entries = [
-            QuantizedEntry(i.name, s.spec, tuple(i.shape), np.dtype(i.dtype))
+            QuantizedEntry(
+                i.name, s.spec, tuple(i.shape), np.dtype(i.dtype), fingerprint(source.read(i.name))
+            )
             for i, s in zip(infos, selections)
             if s.quantized
         ]

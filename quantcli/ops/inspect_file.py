@@ -2,7 +2,9 @@
 
 For a quantized file, each logical tensor is listed once with its spec, its original dtype
 and shape, and the bytes it takes (codes plus scales plus zero points); the stored arrays are
-checked against the metadata first, and the codes against the spec's range.
+checked against the metadata first, and the codes against the spec's range. The metadata the
+input had (``quant.source_metadata``, restored by decompress) is given apart. Tensors are listed
+in natural name order (``layers.2`` before ``layers.10``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from quantcli.io.quantized_format import (
     KEY_TENSORS,
     check_stored,
     is_quantized,
+    source_metadata,
     unpacked_codes,
 )
 from quantcli.ops.sources import describe, quantized_entries
+from quantcli.select import natural_key
 
 
 @dataclass
@@ -34,11 +38,16 @@ class InspectedTensor:
 
 @dataclass
 class InspectResult:
+    """metadata: the file's own (for a quantized file the ``quant.*`` keys, less the bulky
+    ``quant.tensors``, which the tensors show); source_metadata: for a quantized file, the
+    metadata of the file it was made from, else None."""
+
     file: str
     format: str
     quantized: bool
     metadata: dict[str, str]
     tensors: list[InspectedTensor] = field(default_factory=list)
+    source_metadata: dict[str, str] | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -56,7 +65,9 @@ def inspect_file(input: str) -> InspectResult:
         result = InspectResult(source.label, describe(source), quantized, metadata)
         if not quantized:
             result.tensors = [InspectedTensor(i.name, i.dtype, i.shape, i.nbytes) for i in infos]
+            result.tensors.sort(key=lambda t: natural_key(t.name))
             return result
+        result.source_metadata = source_metadata(source.metadata)
         entries = quantized_entries(source, "inspect")
         by_name = {i.name: i for i in infos}
         auxiliary = set()
@@ -76,4 +87,5 @@ def inspect_file(input: str) -> InspectResult:
                 result.tensors.append(
                     InspectedTensor(info.name, info.dtype, info.shape, info.nbytes)
                 )
+        result.tensors.sort(key=lambda t: natural_key(t.name))
         return result
