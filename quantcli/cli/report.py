@@ -24,7 +24,6 @@ from quantcli.cli.options import (
     check_percentile,
 )
 from quantcli.errors import UsageError
-from quantcli.select import DEFAULT_MIN_ELEMENTS
 
 
 class ReportFormat(str, Enum):
@@ -220,6 +219,7 @@ def report(
     --group-size 128 --sort sqnr
     """
     from quantcli.ops import report as ops
+    from quantcli.select import DEFAULT_MIN_ELEMENTS
 
     sweep_options = {
         "--scheme": scheme,

@@ -152,10 +152,12 @@ def compress_table(result: CompressResult) -> None:
     console = err_console()
     console.print(Text(printable(title)))
     render(console, COMPRESS_COLUMNS, rows, footer, hint="use --json")
+    # two short lines rather than one that wraps inside a size at 60 columns
     console.print(
         f"{len(totals.quantized)} quantized, {kept} kept; {totals.bits_per_weight:.3g} bits per "
-        f"quantized weight; {size_change(totals.bytes_in, totals.bytes_out)}; SQNR in dB"
+        "quantized weight; SQNR in dB"
     )
+    console.print(size_change(totals.bytes_in, totals.bytes_out))
 
 
 def warn_low_sqnr(result: CompressResult) -> None:
