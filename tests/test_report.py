@@ -428,7 +428,7 @@ def test_best_values_are_the_best_of_each_column():
             ["absmax", "zeropoint"], [8], ["tensor"], [], ["minmax", "percentile"]
         ),
     )
-    from quantcli.cli.report import best_values
+    from quantcli.cli.report_output import best_values
 
     best = best_values(result.summary, ["mse", "sqnr_db", "mse_unclipped", "bits_per_weight"])
     assert best["mse"] == min(r.mse for r in result.summary)
@@ -535,9 +535,13 @@ def test_sweep_reads_each_tensor_once(monkeypatch):
 
 
 def test_nothing_to_report():
-    result = run("report", TRANSFORMER, "--include", "nothing.matches")
+    result = run("report", TRANSFORMER, "--min-elements", "100000000")
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: no tensor to report")
+    # a pattern that matches nothing is named instead (tests/test_cli_options.py)
+    result = run("report", TRANSFORMER, "--include", "nothing.matches")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: --include 'nothing.matches' matches no tensor")
 
 
 # -- the docs ------------------------------------------------------------------------------

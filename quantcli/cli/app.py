@@ -173,6 +173,13 @@ def _terminated(signum: int) -> NoReturn:
 class QuantGroup(TyperGroup):
     """Runs a command and maps every failure to one line on stderr and an exit code."""
 
+    def get_command(self, ctx, cmd_name):
+        from quantcli.cli.aliases import add_aliases
+
+        command = super().get_command(ctx, cmd_name)
+        add_aliases(command)
+        return command
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         global _debug, _command
         _debug, _command = False, ""
@@ -274,3 +281,6 @@ def root(
     _debug, _command = debug, ctx.invoked_subcommand or ""
     if debug:
         warnings.simplefilter("default")
+    from quantcli.core.parallel import thread_count
+
+    thread_count()  # a bad QUANT_THREADS is a usage error before any work, not midway

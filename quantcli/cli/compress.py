@@ -34,6 +34,7 @@ class OutputFormat(str, Enum):
 
 @app.command()
 def compress(
+    ctx: typer.Context,
     input: Input,
     output: Output = None,
     scheme: Annotated[
@@ -58,14 +59,14 @@ def compress(
         ),
     ] = None,
     granularity: Annotated[
-        Granularity,
+        Granularity | None,
         typer.Option(
             "--granularity",
             case_sensitive=False,
             help="One scale per tensor, per channel (along --axis) or per group of --group-size "
             "elements along the last axis. 0-d and 1-D tensors use one scale per tensor "
-            "when channel is asked for. Default: the scheme's (channel; group for nf4, "
-            "mxfp4 and nvfp4).",
+            "when channel is asked for. Default: the scheme's; for the integer schemes group "
+            "at 4 bits and below, channel above (nf4, mxfp4 and nvfp4: group).",
             show_default=False,
         ),
     ] = None,
@@ -150,15 +151,16 @@ def compress(
     carried over; by default in the compressed-tensors format, where only Linear weights are
     quantized (4 or 8 bits, per channel or per group).
 
-    Prints the error report (one row per tensor, with the totals) on stderr; --json prints
-    the same facts on stdout.
+    Prints the error report (one row per tensor, with the totals) on stderr, and a warning
+    naming the tensors whose SQNR is below 10 dB; --json prints the same facts on stdout.
 
-    Example: quant compress model.safetensors --scheme zeropoint --bits 4 --granularity group
+    Example: quant compress model.safetensors --scheme zeropoint --bits 4 --group-size 32
 
     Example: quant compress my-model/ -o my-model-w4 --bits 4 --granularity group
     """
     from quantcli.cli.render import print_json, progress_bar
-    from quantcli.cli.tables import compress_json, compress_table
+    from quantcli.cli.spec_options import given_options, granularity_for, refuse_unused
+    from quantcli.cli.tables import compress_json, compress_table, warn_low_sqnr
     from quantcli.core.spec import QuantSpec
     from quantcli.ops.compress import compress as run_compress
     from quantcli.select import Selector
@@ -170,10 +172,20 @@ def compress(
             "compress: both would use standard output; write the quantized file to a path with -o, "
             "or drop --json"
         )
+    refuse_unused(
+        given_options(ctx),
+        bits=bits,
+        granularity=granularity.value if granularity else None,
+        axis=axis,
+        group_size=group_size,
+        calibration=calibration.value,
+        percentile=percentile,
+        scheme=scheme.value,
+    )
     spec = QuantSpec(
         scheme=scheme.value,
         bits=bits,
-        granularity=granularity and granularity.value,
+        granularity=granularity_for(bits, granularity.value if granularity else None, scheme.value),
         axis=axis,
         group_size=group_size,
         calibration=calibration.value,
@@ -203,3 +215,4 @@ def compress(
             if result.skipped:
                 line += f"; left out (other weight files): {', '.join(result.skipped)}"
             err_console().print(line, markup=False, highlight=False)
+    warn_low_sqnr(result)

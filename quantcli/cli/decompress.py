@@ -7,14 +7,29 @@ from typing import Annotated
 import typer
 
 from quantcli.cli.app import app
-from quantcli.cli.options import Force, Input, Json, Output, OutputDtype
+from quantcli.cli.options import Force, Input, Json, OutputDtype
 from quantcli.errors import UsageError
+
+RestoredOutput = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        metavar="OUTPUT",
+        help="Where to write: a path (.npy, .npz, else safetensors), a folder for a sharded "
+        "input, or - for standard output. Default: beside the input, named after it with "
+        ".restored, in the format compress read (model.q8.safetensors -> "
+        "model.q8.restored.safetensors; a sharded folder ckpt.q8 -> ckpt.q8.restored); "
+        "standard output for input -.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
 def decompress(
     input: Input,
-    output: Output = None,
+    output: RestoredOutput = None,
     dtype: Annotated[
         OutputDtype,
         typer.Option(

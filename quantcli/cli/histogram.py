@@ -1,7 +1,9 @@
 """The terminal histogram of ``quant report --hist``: a tensor's values, each configuration's
 clipping range ``[ ]`` and its quantization levels ``|``.
 
-Layout (every line fits the console width):
+Bar heights are linear in the count, or with ``--hist-scale log`` in log(1 + count), so that
+a few values far from the bulk stay visible beside a bin holding most of them. Layout (every
+line fits the console width):
 
       1712 │        ▂█████▆
            │        ███████
@@ -44,10 +46,17 @@ def _bin_of(value: float, edges: np.ndarray) -> int:
     return min(max(i, 0), n - 1)
 
 
-def _bars(counts: np.ndarray) -> list[str]:
-    """HEIGHT lines of block characters, top first; a non-empty bin shows at least ▁."""
+def _bars(counts: np.ndarray, log: bool = False) -> list[str]:
+    """HEIGHT lines of block characters, top first; a non-empty bin shows at least ▁.
+
+    counts: int64 (bins,). log: heights in log(1 + count) instead of count."""
     peak = int(counts.max(initial=0))
-    eighths = [0 if c == 0 else max(1, round(c / peak * HEIGHT * 8)) for c in counts]
+    if log:
+        top = math.log1p(peak)
+        heights = [math.log1p(int(c)) / top if top else 0.0 for c in counts]
+    else:
+        heights = [int(c) / peak if peak else 0.0 for c in counts]
+    eighths = [0 if c == 0 else max(1, round(h * HEIGHT * 8)) for c, h in zip(counts, heights)]
     lines = []
     for level in range(HEIGHT - 1, -1, -1):
         lines.append("".join(BLOCKS[min(8, max(0, e - level * 8))] for e in eighths))
@@ -74,9 +83,9 @@ def _num(value: float) -> str:
     return f"{value:.4g}"
 
 
-def render_histogram(h: Histogram, console: Console) -> None:
+def render_histogram(h: Histogram, console: Console, log: bool = False) -> None:
     from quantcli.cli.render import fmt_metric, fmt_shape
-    from quantcli.cli.report import _percent
+    from quantcli.cli.report_output import percent
 
     labels = [m.config.short_label() for m in h.marks]
     margin = _margin(labels)
@@ -85,12 +94,13 @@ def render_histogram(h: Histogram, console: Console) -> None:
     console.print(
         Text(
             f"{h.input}: {h.tensor} {fmt_shape(h.shape)} {h.dtype}, "
-            f"{int(h.counts.sum())} values in {n} bins of {_num(width)}",
+            f"{int(h.counts.sum())} values in {n} bins of {_num(width)}"
+            + (", log scale" if log else ""),
             style="bold",
         )
     )
     peak = int(h.counts.max(initial=0))
-    for i, line in enumerate(_bars(h.counts)):
+    for i, line in enumerate(_bars(h.counts, log)):
         axis = str(peak) if i == 0 else ""
         out = Text(f"{axis:>{margin - 1}} │")
         out.append(line, style="cyan")
@@ -118,18 +128,19 @@ def render_histogram(h: Histogram, console: Console) -> None:
             Text(
                 f"{label}: clip [{_num(mark.lo)}, {_num(mark.hi)}]{groups}, "
                 f"{mark.levels.size} levels step {_num(mark.step)}; MSE {fmt_metric(row.mse)}, "
-                f"SQNR {row.sqnr_db:.1f} dB, clipped {_percent(row.clipped_fraction)}, "
+                f"SQNR {row.sqnr_db:.1f} dB, clipped {percent(row.clipped_fraction)}, "
                 f"MSE unclipped {fmt_metric(row.mse_unclipped)}"
             )
         )
 
 
-def hist_json(h: Histogram) -> dict:
+def hist_json(h: Histogram, log: bool = False) -> dict:
     return {
         "input": h.input,
         "tensor": h.tensor,
         "shape": list(h.shape),
         "dtype": str(h.dtype),
+        "scale": "log" if log else "linear",
         "edges": [float(e) for e in h.edges],
         "counts": [int(c) for c in h.counts],
         "configs": [

@@ -1,7 +1,11 @@
 """Rendering helpers shared by the commands: consoles, numbers, sizes, JSON, progress.
 
 Data goes to stdout, messages and tables for people to stderr. Rich is used only here and in
-the command modules.
+the command modules. Tables are drawn by ``quantcli.cli.table``.
+
+A reader of stderr that goes away (``quant compress ... 2>&1 | head -2``) does not fail the
+command: what quant prints there comes after the work is done (the report, warnings), so the
+rest of it is dropped and the exit status is the job's (``StderrGuard``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.text import Text
 
 from quantcli.cli.app import printable
 
@@ -86,16 +91,38 @@ def short_dtype(dtype) -> str:
     return SHORT_DTYPES.get(name, name)
 
 
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
 def human_bytes(n: int) -> str:
-    """1536 -> ``1.5K`` (binary units, compact for tables)."""
+    """Bytes in binary (IEC) units, 2 or 3 significant digits: ``512 B``, ``1.5 KiB``,
+    ``117 KiB``, ``4.0 GiB`` (1 KiB = 1024 B)."""
     value = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(value) < 1024 or unit == "T":
-            if unit == "B" or value >= 10:
-                return f"{value:.0f}{unit}"
-            return f"{value:.1f}{unit}"
+    for unit in BYTE_UNITS:
+        if unit == "B":
+            if value < 1024:
+                return f"{n} B"
+        elif round(value, 1) < 10:
+            return f"{value:.1f} {unit}"
+        elif round(value) < 1024 or unit == BYTE_UNITS[-1]:
+            return f"{value:.0f} {unit}"
         value /= 1024
-    return f"{n}B"
+    raise AssertionError("unreachable")
+
+
+def size_change(bytes_in: int, bytes_out: int) -> str:
+    """``1.5 MiB -> 410 KiB (3.74x smaller)``; ``(1.12x larger)`` when the output grew."""
+    sizes = f"{human_bytes(bytes_in)} -> {human_bytes(bytes_out)}"
+    if bytes_in == bytes_out or not (bytes_in and bytes_out):
+        return f"{sizes} (same size)" if bytes_in == bytes_out else sizes
+    if bytes_out < bytes_in:
+        return f"{sizes} ({bytes_in / bytes_out:.2f}x smaller)"
+    return f"{sizes} ({bytes_out / bytes_in:.2f}x larger)"
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (not wrapped by quant), in bold yellow on a terminal."""
+    err_console().print(Text(f"Warning: {message}", style="bold yellow"), soft_wrap=True)
 
 
 def fmt_metric(value: float | None) -> str:
@@ -115,6 +142,15 @@ def fmt_metric(value: float | None) -> str:
         return f"{value:.0f}"
     mantissa, exp = f"{value:.2e}".split("e")
     return f"{mantissa}e{int(exp)}"
+
+
+def fmt_db(value: float) -> str:
+    """A level in decibels with one decimal: ``44.5``, ``-3.0``; ``inf`` for an exact one."""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.1f}"
 
 
 def fmt_shape(shape) -> str:

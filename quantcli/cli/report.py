@@ -6,9 +6,6 @@ progress bar and errors use stderr.
 
 from __future__ import annotations
 
-import csv
-import math
-import sys
 from enum import Enum
 from typing import Annotated
 
@@ -27,7 +24,6 @@ from quantcli.cli.options import (
     Search,
     check_percentile,
 )
-from quantcli.cli.render import fmt_metric, human_bytes
 from quantcli.errors import UsageError
 
 
@@ -36,6 +32,11 @@ class ReportFormat(str, Enum):
     json = "json"
     csv = "csv"
     markdown = "markdown"
+
+
+class HistScale(str, Enum):
+    linear = "linear"
+    log = "log"
 
 
 class SortMetric(str, Enum):
@@ -120,7 +121,7 @@ def report(
         typer.Option(
             "--scale-dtype",
             case_sensitive=False,
-            help="Dtype of stored scales (repeatable). Default: float32.",
+            help="Dtype of stored scales (repeatable; also f32, fp16, bf16). Default: float32.",
             show_default=False,
         ),
     ] = None,
@@ -175,7 +176,7 @@ def report(
             "--sort",
             case_sensitive=False,
             help="Order rows worst first by this metric (highest error, lowest SQNR or "
-            "cosine, most bits or bytes).",
+            "cosine, most bits or bytes); also sqnr, max_err, clip, cos, bpw.",
             show_default=False,
         ),
     ] = None,
@@ -199,6 +200,16 @@ def report(
             show_default=False,
         ),
     ] = None,
+    hist_scale: Annotated[
+        HistScale | None,
+        typer.Option(
+            "--hist-scale",
+            case_sensitive=False,
+            help="Bar heights of --hist: linear in the count, or log (log(1 + count)) so that "
+            "sparse bins stay visible beside a dominant one. Default: linear.",
+            show_default=False,
+        ),
+    ] = None,
     fail_below_sqnr: Annotated[
         float | None,
         typer.Option(
@@ -216,9 +227,8 @@ def report(
     configuration is measured exactly as quant compress would write it, without writing it.
 
     Example: quant report model.safetensors --bits 4 --granularity group --group-size 32
-    --group-size 128 --sort sqnr_db
+    --group-size 128 --sort sqnr
     """
-    from quantcli.cli.render import print_json, progress_bar
     from quantcli.ops import report as ops
     from quantcli.select import DEFAULT_MIN_ELEMENTS
 
@@ -235,6 +245,41 @@ def report(
         "--min-elements": min_elements,
         "--nonfinite": nonfinite,
     }
+    _refuse_conflicts(against, hist, hist_scale, format, sweep_options)
+    configs = (
+        []
+        if against is not None
+        else ops.configs_from_options(
+            schemes=[s.value for s in scheme or []],
+            bits=bits or [],
+            granularities=[g.value for g in granularity or []],
+            group_sizes=group_size or [],
+            calibrations=[c.value for c in calibration or []],
+            percentile=percentile,
+            axis=axis,
+            scale_dtypes=[d.value for d in scale_dtype or []],
+            searches=[s.value for s in search or []],
+        )
+    )
+    if hist is not None:
+        _histogram(input, hist, configs, format, hist_scale, fail_below_sqnr)
+        return
+    result = _measure(
+        input,
+        against,
+        configs,
+        include or (),
+        exclude or (),
+        DEFAULT_MIN_ELEMENTS if min_elements is None else min_elements,
+        nonfinite.value if nonfinite is not None else "error",
+    )
+    _print(result, format, per_tensor, sort.value if sort is not None else None, top)
+    if fail_below_sqnr is not None:
+        ops.check_sqnr(result, fail_below_sqnr)
+
+
+def _refuse_conflicts(against, hist, hist_scale, format, sweep_options: dict) -> None:
+    """UsageError for options that do not go together."""
     if against is not None:
         given = [name for name, value in sweep_options.items() if value not in (None, [])]
         if given:
@@ -252,53 +297,47 @@ def report(
             f"--hist with --format {format.value} in quant report: a histogram prints as a "
             "table or as json; use --format table or --format json"
         )
-
-    configs = (
-        []
-        if against is not None
-        else ops.configs_from_options(
-            schemes=[s.value for s in scheme or []],
-            bits=bits or [],
-            granularities=[g.value for g in granularity or []],
-            group_sizes=group_size or [],
-            calibrations=[c.value for c in calibration or []],
-            percentile=percentile,
-            axis=axis,
-            scale_dtypes=[d.value for d in scale_dtype or []],
-            searches=[s.value for s in search or []],
+    if hist is None and hist_scale is not None:
+        raise UsageError(
+            f"--hist-scale {hist_scale.value} without --hist in quant report: only the "
+            "histogram has a scale; add --hist TENSOR, or drop --hist-scale"
         )
-    )
-    metric = sort.value if sort is not None else None
 
-    if hist is not None:
-        from quantcli.cli.histogram import hist_bins, hist_json, render_histogram
-        from quantcli.cli.render import out_console
 
-        console = out_console()
-        result = ops.histogram(input, hist, configs, bins=hist_bins(configs, console.width))
-        if format == ReportFormat.json:
-            print_json(hist_json(result))
-        else:
-            render_histogram(result, console)
-        if fail_below_sqnr is not None:
-            ops.check_sqnr(
-                ops.ReportResult(result.input, configs, results=result.results), fail_below_sqnr
-            )
-        return
+def _histogram(input, tensor, configs, format, scale, fail_below_sqnr) -> None:
+    from quantcli.cli.histogram import hist_bins, hist_json, render_histogram
+    from quantcli.cli.render import out_console, print_json
+    from quantcli.ops import report as ops
+
+    console = out_console()
+    log = scale == HistScale.log
+    result = ops.histogram(input, tensor, configs, bins=hist_bins(configs, console.width))
+    if format == ReportFormat.json:
+        print_json(hist_json(result, log))
+    else:
+        render_histogram(result, console, log)
+    if fail_below_sqnr is not None:
+        ops.check_sqnr(
+            ops.ReportResult(result.input, configs, results=result.results), fail_below_sqnr
+        )
+
+
+def _measure(input, against, configs, include, exclude, min_elements, nonfinite):
+    from quantcli.cli.render import progress_bar
+    from quantcli.ops import report as ops
 
     with progress_bar("measuring", enabled=True) as advance:
         if against is not None:
-            result = ops.against(input, against, include or (), exclude or (), advance)
-        else:
-            result = ops.sweep(
-                input,
-                configs,
-                include or (),
-                exclude or (),
-                DEFAULT_MIN_ELEMENTS if min_elements is None else min_elements,
-                nonfinite.value if nonfinite is not None else "error",
-                advance,
-            )
+            return ops.against(input, against, include, exclude, advance)
+        return ops.sweep(input, configs, include, exclude, min_elements, nonfinite, advance)
+
+
+def _print(result, format, per_tensor: bool, metric: str | None, top: int | None) -> None:
+    """The rows asked for (sorted, cut to ``top``) in ``format``, on stdout."""
+    from quantcli.cli.render import out_console, print_json
+    from quantcli.cli.report_output import render_table, report_json, write_csv, write_markdown
+    from quantcli.ops import report as ops
+
     results = ops.sort_rows(result.results, metric)
     summary = ops.sort_rows(result.summary, metric)
     if per_tensor:
@@ -306,7 +345,6 @@ def report(
     else:
         summary = summary[:top]
     rows = results if per_tensor else summary
-
     if format == ReportFormat.json:
         print_json(report_json(result, results, summary, metric, top, per_tensor))
     elif format == ReportFormat.csv:
@@ -314,258 +352,4 @@ def report(
     elif format == ReportFormat.markdown:
         write_markdown(rows)
     else:
-        from quantcli.cli.render import out_console
-
         render_table(result, rows, per_tensor, metric, top, out_console())
-    if fail_below_sqnr is not None:
-        ops.check_sqnr(result, fail_below_sqnr)
-
-
-# -- machine formats -----------------------------------------------------------------------
-
-
-def report_json(result, results, summary, metric, top, per_tensor) -> dict:
-    return {
-        "input": result.input,
-        "against": result.against,
-        "sort": metric,
-        "top": top,
-        "per_tensor": per_tensor,
-        "results": [r.as_dict() for r in results],
-        "summary": [r.as_dict() for r in summary],
-        "kept": [{"tensor": name, "reason": reason} for name, reason in result.kept],
-    }
-
-
-def _csv_cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)  # full precision; inf and nan spelled as Python and csv readers do
-    return str(value)
-
-
-def write_csv(rows) -> None:
-    dicts = [r.as_dict() for r in rows]
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    if dicts:
-        writer.writerow(list(dicts[0]))
-    for d in dicts:
-        writer.writerow([_csv_cell(v) for v in d.values()])
-    sys.stdout.flush()
-
-
-def _md_cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.6g}"
-    return str(value).replace("|", "\\|")
-
-
-def write_markdown(rows) -> None:
-    dicts = [r.as_dict() for r in rows]
-    if not dicts:
-        return
-    keys = list(dicts[0])
-    numeric = {k for k in keys if any(isinstance(d[k], (int, float)) for d in dicts)}
-    lines = [
-        "| " + " | ".join(keys) + " |",
-        "|" + "|".join("---:" if k in numeric else "---" for k in keys) + "|",
-    ]
-    lines += ["| " + " | ".join(_md_cell(d[k]) for k in keys) + " |" for d in dicts]
-    sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.flush()
-
-
-# -- the table -----------------------------------------------------------------------------
-
-
-def _db(value: float) -> str:
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.1f}"
-
-
-def _cosine(value: float) -> str:
-    return "1" if value == 1 else f"{value:.5f}"
-
-
-def _percent(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value == 0:
-        return "0"
-    return fmt_metric(value * 100) + "%"
-
-
-def _bytes(value: int) -> str:
-    return human_bytes(value)
-
-
-# key, header, formatter; the table shows them in this order
-COLUMNS = [
-    ("mse", "MSE", fmt_metric),
-    ("rmse", "RMSE", fmt_metric),
-    ("max_abs_error", "max\nerr", fmt_metric),
-    ("sqnr_db", "SQNR\ndB", _db),
-    ("cosine", "cos", _cosine),
-    ("clipped_fraction", "clip", _percent),
-    ("mse_unclipped", "MSE\nunclip", fmt_metric),
-    ("bits_per_weight", "bits\n/w", lambda v: f"{v:.4g}"),
-    ("bytes", "bytes", _bytes),
-    ("ratio", "ratio", lambda v: f"{v:.2f}x"),
-]
-HEADERS = {key: header.replace("\n", " ") for key, header, _ in COLUMNS}
-# the columns given up first when the terminal is too narrow for all of them
-DROP_ORDER = [
-    "rmse",
-    "ratio",
-    "mse_unclipped",
-    "bytes",
-    "max_abs_error",
-    "cosine",
-    "clipped_fraction",
-    "bits_per_weight",
-]
-DROP_ORDER_CLIPPED = [
-    "rmse",
-    "ratio",
-    "bytes",
-    "max_abs_error",
-    "cosine",
-    "bits_per_weight",
-    "mse_unclipped",
-    "clipped_fraction",
-]
-MIN_NAME_WIDTH = 20
-
-
-def best_values(rows, keys) -> dict:
-    """key -> the best value of that column over ``rows`` (lowest error, highest SQNR...)."""
-    from quantcli.ops.report import SORT_METRICS
-
-    best = {}
-    for key in keys:
-        values = [v for v in (r.metric(key) for r in rows) if v is not None and not math.isnan(v)]
-        if values:
-            best[key] = min(values) if SORT_METRICS[key] else max(values)
-    return best
-
-
-def shorten(name: str, width: int) -> str:
-    """``name`` in at most ``width`` characters, keeping what tells tensors apart.
-
-    Dotted components are cut to their first letter from the left, numbers and the last two
-    kept (``model.layers.0.self_attn.q_proj.weight`` -> ``m.l.0.s.q_proj.weight``); a name
-    still too long is cut in the middle.
-    """
-    if len(name) <= width:
-        return name
-    parts = name.split(".")
-    for i in range(len(parts) - 2):
-        if not parts[i].isdigit():
-            parts[i] = parts[i][:1]
-        if len(".".join(parts)) <= width:
-            return ".".join(parts)
-    name = ".".join(parts)
-    if len(name) <= width:
-        return name
-    head = max(1, (width - 1) // 3)
-    return name[:head] + "…" + name[len(name) - (width - 1 - head) :]
-
-
-def _build_table(rows, keys, per_tensor: bool, gap: int, name_width: int | None, best: dict):
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        padding=(0, gap - 1, 0, 0),
-        pad_edge=False,
-        show_edge=False,
-        header_style="bold",
-    )
-    if per_tensor:
-        table.add_column("tensor", no_wrap=True)
-    table.add_column("config", no_wrap=True)
-    formats = {key: fmt for key, _, fmt in COLUMNS}
-    for key, header, _ in COLUMNS:
-        if key in keys:
-            table.add_column(header, justify="right", no_wrap=True)
-    for row in rows:
-        cells = []
-        if per_tensor:
-            cells.append(shorten(row.tensor, name_width) if name_width else "")
-        cells.append(row.config.short_label())
-        for key, _, _ in COLUMNS:
-            if key not in keys:
-                continue
-            value = row.metric(key)
-            text = formats[key](value) if value is not None else "-"
-            style = "bold green" if value is not None and best.get(key) == value else ""
-            cells.append(Text(text, style=style))
-        table.add_row(*cells)
-    return table
-
-
-def fit_columns(rows, per_tensor: bool, width: int, keep: str | None, console):
-    """(keys, gap, name width) of the widest table that fits ``width`` columns."""
-    clipped = any((r.clipped_fraction or 0) > 0 for r in rows)
-    order = [k for k in (DROP_ORDER_CLIPPED if clipped else DROP_ORDER) if k != keep]
-    names = max((len(r.tensor) for r in rows), default=0) if per_tensor else 0
-    all_keys = [key for key, _, _ in COLUMNS]
-    for n_drop in range(len(order) + 1):
-        keys = [k for k in all_keys if k not in order[:n_drop]]
-        for gap in (2, 1):
-            table = _build_table(rows, keys, per_tensor, gap, None, {})
-            fixed = console.measure(table, options=console.options.update(width=10_000)).maximum
-            if not per_tensor:
-                if fixed <= width:
-                    return keys, gap, None
-                continue
-            room = width - (fixed - len("tensor"))
-            if room >= min(names, MIN_NAME_WIDTH):
-                return keys, gap, min(names, room)
-    keys = [k for k in all_keys if k not in order]
-    return keys, 1, MIN_NAME_WIDTH
-
-
-def render_table(result, rows, per_tensor: bool, metric, top, console) -> None:
-    from rich.text import Text
-
-    n_tensors = len(result.tensors)
-    what = f"{result.against} against {result.input}" if result.against else result.input
-    head = (
-        f"{what}: {n_tensors} tensor{'s' * (n_tensors != 1)} quantized, "
-        f"{len(result.kept)} kept, {len(result.configs)} configuration"
-        f"{'s' * (len(result.configs) != 1)}"
-    )
-    if metric:
-        head += f"; worst {HEADERS.get(metric, metric)} first"
-    if top:
-        head += f"; top {top}"
-    console.print(Text(head, style="bold"))
-    keys, gap, name_width = fit_columns(rows, per_tensor, console.width, metric, console)
-    best = best_values(rows, keys)
-    console.print(_build_table(rows, keys, per_tensor, gap, name_width, best))
-    notes = [
-        "SQNR in dB; clip: clipped fraction; MSE unclip: MSE on unclipped elements; "
-        "bits/w: codes + scales + zero points; best of each column in bold green."
-    ]
-    hidden = [HEADERS[k] for k, _, _ in COLUMNS if k not in keys]
-    if hidden:
-        notes.append(
-            f"Not shown at {console.width} columns: {', '.join(hidden)} "
-            "(widen the terminal, or use --format json or csv)."
-        )
-    if any(r.clipped_fraction is None for r in rows):
-        notes.append(
-            "clip -: a percentile-calibrated file does not record its clipping ranges, so "
-            "what was clipped is unknown."
-        )
-    for note in notes:
-        console.print(Text(note, style="dim"))

@@ -1,20 +1,26 @@
-"""Tables and JSON documents for compress, decompress and inspect results."""
+"""What compress, decompress and inspect print: their tables (drawn by ``quantcli.cli.table``)
+and their JSON documents. Tensors are listed in natural name order in both."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich import box
-from rich.table import Table
+from rich.console import Console
+from rich.text import Text
 
 from quantcli.cli.render import (
     err_console,
+    fmt_db,
     fmt_metric,
     fmt_shape,
     human_bytes,
     out_console,
     short_dtype,
+    size_change,
+    warn,
 )
+from quantcli.cli.table import Column, printable, render
+from quantcli.select import natural_key
 
 if TYPE_CHECKING:  # annotations only: inspect must not import the compress machinery
     from quantcli.ops.compress import CompressResult
@@ -22,10 +28,24 @@ if TYPE_CHECKING:  # annotations only: inspect must not import the compress mach
     from quantcli.ops.inspect_file import InspectResult
     from quantcli.ops.tensor import TensorResult
 
+# compress warns about tensors whose SQNR is below this: the error's power is then over a tenth
+# of the weights' (cosine below about 0.95), which damages a model noticeably; a uniform
+# quantizer gives about 6 dB per bit, so 4-bit per-channel or per-group weights sit near 20 dB
+LOW_SQNR_DB = 10.0
+# how many of the worst tensors the warning names
+LOW_SQNR_NAMED = 3
+
 
 def dtype_name(dtype) -> str:
     """Friendly dtype name: float32, bfloat16, int64..."""
     return str(dtype)
+
+
+def _natural(tensors):
+    return sorted(tensors, key=lambda t: natural_key(t.name))
+
+
+# -- compress ------------------------------------------------------------------------------
 
 
 def tensor_json(t: TensorResult) -> dict:
@@ -65,7 +85,7 @@ def compress_json(result: CompressResult) -> dict:
         "input": result.input,
         "output": result.output,
         "files": result.files,
-        "tensors": [tensor_json(t) for t in result.tensors],
+        "tensors": [tensor_json(t) for t in _natural(result.tensors)],
         "totals": {
             "tensors": len(result.tensors),
             "quantized": len(totals.quantized),
@@ -78,55 +98,87 @@ def compress_json(result: CompressResult) -> dict:
     }
 
 
-def compact_table() -> Table:
-    """The table style of compress and inspect: a rule under the header, no borders."""
-    return Table(box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, pad_edge=False)
+# drop ranks: the highest is left out first when the terminal is narrow
+COMPRESS_COLUMNS = [
+    Column("tensor", name=True),
+    Column("shape", drop=4),
+    Column("dtype", drop=5),
+    Column("spec", drop=2),  # each tensor's spec when they differ; why a tensor is kept
+    Column("SQNR", "right", drop=1),
+    Column("MSE", "right", drop=3),
+    Column("max err", "right", drop=6),
+    Column("size", "right", drop=7),
+    Column("stored", "right", drop=2),
+]
+
+
+def _sqnr_cell(value: float) -> Text:
+    return Text(fmt_db(value), style="bold red" if value < LOW_SQNR_DB else "")
 
 
 def compress_table(result: CompressResult) -> None:
-    """The error report: one row per tensor, then the totals; on stderr.
+    """The error report on stderr: one row per tensor, then the totals.
 
     When every quantized tensor has the same spec (the usual case) it is shown once, above
-    the table, so the rows fit an 80-column terminal.
+    the table, and the spec column only says why the other tensors are kept.
     """
     specs = {t.selection.spec.short_label() for t in result.tensors if t.quantized}
-    common = next(iter(specs)) if len(specs) == 1 else None  # shown above, not per row
+    common = next(iter(specs)) if len(specs) == 1 else None
     title = f"{result.input} -> {result.output}"
     if common:
         title += f"  ({common})"
-    totals = result.totals
-    kept = len(result.tensors) - len(totals.quantized)
-    caption = (
-        f"{len(totals.quantized)} quantized, {kept} kept; {totals.bits_per_weight:.3g} bits per "
-        f"quantized weight; {human_bytes(totals.bytes_in)} -> {human_bytes(totals.bytes_out)} "
-        f"({totals.ratio:.2f}x smaller); SQNR in dB"
-    )
-    table = compact_table()
-    # only the name may wrap: numbers and specs stay on one line
-    table.add_column("tensor", overflow="fold", min_width=8)
-    table.add_column("shape", no_wrap=True)
-    table.add_column("dtype", no_wrap=True)
-    table.add_column("spec", no_wrap=True)
-    for name in ("MSE", "SQNR", "max err", "size"):
-        table.add_column(name, justify="right", no_wrap=True)
-    for t in result.tensors:
-        size = f"{human_bytes(t.bytes_in)}>{human_bytes(t.bytes_out)}"
+    rows = []
+    for t in _natural(result.tensors):
         if t.quantized:
             s = t.stats
-            metrics = [fmt_metric(s.mse), fmt_metric(s.sqnr_db), fmt_metric(s.max_abs_error)]
-            spec = t.selection.spec.short_label() if common is None else ""
+            spec = "" if common else t.selection.spec.short_label()
+            metrics = [_sqnr_cell(s.sqnr_db), fmt_metric(s.mse), fmt_metric(s.max_abs_error)]
         else:
-            metrics, spec = ["", "", ""], t.selection.reason
-        table.add_row(t.name, fmt_shape(t.shape), short_dtype(t.dtype), spec, *metrics, size)
-    table.add_section()
-    table.add_row(
-        "total", *[""] * 6, f"{human_bytes(totals.bytes_in)}>{human_bytes(totals.bytes_out)}"
-    )
-    # title and caption as their own lines: they wrap at the terminal's width, not the table's
+            spec, metrics = t.selection.reason, ["", "", ""]
+        rows.append(
+            [
+                t.name,
+                fmt_shape(t.shape),
+                short_dtype(t.dtype),
+                spec,
+                *metrics,
+                human_bytes(t.bytes_in),
+                human_bytes(t.bytes_out),
+            ]
+        )
+    totals = result.totals
+    footer = [["total", *[""] * 6, human_bytes(totals.bytes_in), human_bytes(totals.bytes_out)]]
+    kept = len(result.tensors) - len(totals.quantized)
     console = err_console()
-    console.print(title)
-    console.print(table)
-    console.print(caption)
+    console.print(Text(printable(title)))
+    render(console, COMPRESS_COLUMNS, rows, footer, hint="use --json")
+    # two short lines rather than one that wraps inside a size at 60 columns
+    console.print(
+        f"{len(totals.quantized)} quantized, {kept} kept; {totals.bits_per_weight:.3g} bits per "
+        "quantized weight; SQNR in dB"
+    )
+    console.print(size_change(totals.bytes_in, totals.bytes_out))
+
+
+def warn_low_sqnr(result: CompressResult) -> None:
+    """One warning line on stderr naming the worst tensors below LOW_SQNR_DB, if any."""
+    low = sorted(
+        (t for t in result.tensors if t.quantized and t.stats.sqnr_db < LOW_SQNR_DB),
+        key=lambda t: t.stats.sqnr_db,
+    )
+    if not low:
+        return
+    named = ", ".join(f"{printable(t.name)} {t.stats.sqnr_db:.1f} dB" for t in low[:LOW_SQNR_NAMED])
+    more = f" and {len(low) - LOW_SQNR_NAMED} more" if len(low) > LOW_SQNR_NAMED else ""
+    n = len(low)
+    warn(
+        f"very low SQNR (below {LOW_SQNR_DB:g} dB) in {n} tensor{'s' * (n != 1)}: {named}{more}; "
+        "the weights are badly damaged: use more bits or smaller groups (e.g. --granularity "
+        "group --group-size 32)"
+    )
+
+
+# -- decompress ----------------------------------------------------------------------------
 
 
 def decompress_json(result: DecompressResult) -> dict:
@@ -142,7 +194,7 @@ def decompress_json(result: DecompressResult) -> dict:
                 "dtype": dtype_name(t.dtype),
                 "restored": t.restored,
             }
-            for t in result.tensors
+            for t in _natural(result.tensors)
         ],
     }
 
@@ -150,9 +202,19 @@ def decompress_json(result: DecompressResult) -> dict:
 def decompress_summary(result: DecompressResult) -> None:
     restored = sum(t.restored for t in result.tensors)
     err_console().print(
-        f"restored {restored} quantized and copied {len(result.tensors) - restored} kept "
-        f"tensors from {result.input} to {result.output} ({result.format})"
+        Text(
+            printable(
+                f"restored {restored} quantized and copied {len(result.tensors) - restored} "
+                f"kept tensors from {result.input} to {result.output} ({result.format})"
+            )
+        )
     )
+
+
+# -- inspect -------------------------------------------------------------------------------
+
+# metadata entries shown under inspect's table (each on one line); --json has them all
+METADATA_LINES = 8
 
 
 def inspect_json(result: InspectResult) -> dict:
@@ -161,6 +223,7 @@ def inspect_json(result: InspectResult) -> dict:
         "format": result.format,
         "quantized": result.quantized,
         "metadata": result.metadata,
+        "source_metadata": result.source_metadata,
         "total_bytes": result.total_bytes,
         "tensors": [
             {
@@ -175,16 +238,24 @@ def inspect_json(result: InspectResult) -> dict:
     }
 
 
+INSPECT_COLUMNS = [
+    Column("tensor", name=True),
+    Column("dtype", drop=5),
+    Column("shape", drop=4),
+    Column("size", "right", drop=3),
+]
+QUANTIZED_COLUMNS = [
+    Column("scheme", drop=1),
+    Column("bits", "right", drop=1),
+    Column("granularity", drop=2),
+    Column("scales", drop=6),
+]
+
+
 def inspect_table(result: InspectResult) -> None:
     kind = "quantized " if result.quantized else ""
-    table = compact_table()
-    table.add_column("tensor", overflow="fold")
-    table.add_column("dtype")
-    table.add_column("shape")
-    table.add_column("size", justify="right")
-    if result.quantized:
-        for name in ("scheme", "bits", "granularity", "scales"):
-            table.add_column(name)
+    columns = INSPECT_COLUMNS + (QUANTIZED_COLUMNS if result.quantized else [])
+    rows = []
     for t in result.tensors:
         row = [t.name, dtype_name(t.dtype), fmt_shape(t.shape), human_bytes(t.bytes)]
         if result.quantized:
@@ -199,12 +270,29 @@ def inspect_table(result: InspectResult) -> None:
                     gran.get(s.granularity, s.granularity),
                     s.scale_dtype,
                 ]
-        table.add_row(*row)
-    table.add_section()
+        rows.append(row)
     n = len(result.tensors)
-    table.add_row(f"{n} tensor{'s' if n != 1 else ''}", "", "", human_bytes(result.total_bytes))
+    footer = [[f"{n} tensor{'s' if n != 1 else ''}", "", "", human_bytes(result.total_bytes)]]
+    footer[0] += [""] * (len(columns) - len(footer[0]))
     console = out_console()
-    console.print(f"{result.file}: {kind}{result.format}")
-    console.print(table)
-    for key, value in sorted(result.metadata.items()):
-        console.print(f"{key}: {value}")
+    console.print(Text(printable(f"{result.file}: {kind}{result.format}")))
+    render(console, columns, rows, footer, hint="use --json")
+    _metadata_lines(console, "metadata", result.metadata)
+    if result.source_metadata:
+        _metadata_lines(console, "source metadata (restored by decompress)", result.source_metadata)
+
+
+def _metadata_lines(console: Console, heading: str, metadata: dict[str, str]) -> None:
+    """``heading:`` then up to METADATA_LINES ``key: value`` lines, each cut to the width."""
+    if not metadata:
+        return
+    console.print(Text(f"{heading}:"))
+    items = sorted(metadata.items(), key=lambda kv: natural_key(kv[0]))
+    for key, value in items[:METADATA_LINES]:
+        line = Text(printable(f"  {key}: {value}"), no_wrap=True, overflow="ellipsis")
+        line.truncate(console.width, overflow="ellipsis")
+        console.print(line, no_wrap=True, overflow="ellipsis", crop=True)
+    if len(items) > METADATA_LINES:
+        console.print(
+            Text(f"  ... {len(items) - METADATA_LINES} more (quant inspect --json shows all)")
+        )

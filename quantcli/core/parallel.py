@@ -18,6 +18,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from quantcli.errors import UsageError
+
 # elements per chunk: 2 MiB of float32, so a chunk and its temporaries stay in cache (on the
 # project machine 2-9% faster than 1 MiB, which pays more per-chunk overhead, and than 4 MiB)
 CHUNK_ELEMENTS = 1 << 19
@@ -31,11 +33,20 @@ _local = threading.local()
 
 
 def thread_count() -> int:
-    """Threads for chunked work: ``QUANT_THREADS`` when set to a positive integer, else 1."""
-    configured = os.environ.get("QUANT_THREADS", "")
-    if configured.isdigit() and int(configured) > 0:
+    """Threads for chunked work: ``QUANT_THREADS`` (a positive integer), 1 when unset or empty.
+
+    Any other value is refused (UsageError) rather than read as 1: a typo must not silently
+    give a run on one thread.
+    """
+    configured = os.environ.get("QUANT_THREADS", "").strip()
+    if not configured:
+        return 1
+    if configured.isascii() and configured.isdigit() and int(configured) > 0:
         return int(configured)
-    return 1
+    raise UsageError(
+        f"QUANT_THREADS={configured!r} in the environment: not a positive whole number of "
+        "threads; set it to e.g. 2, or unset it for one thread"
+    )
 
 
 def map_chunks(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:

@@ -18,7 +18,8 @@ versions still read it.
 
 Kept tensors are stored under their own name, byte for byte. The header's ``__metadata__``
 holds ``quant.format`` = "quantcli", ``quant.format_version``, ``quant.producer``,
-``quant.tensors`` (a JSON object: NAME -> spec fields + original ``shape`` and ``dtype``),
+``quant.tensors`` (a JSON object: NAME -> spec fields + original ``shape`` and ``dtype``, and
+optionally the source tensor's ``fingerprint``),
 ``quant.source_metadata`` (the input file's own metadata, as JSON, restored by decompress)
 and ``quant.source_format`` (npy, npz, safetensors or gguf). A sharded output repeats these keys in
 its index's ``metadata`` for all of its tensors.
@@ -68,13 +69,17 @@ class QuantizedEntry:
     spec: QuantSpec
     shape: tuple[int, ...]
     dtype: np.dtype  # the original dtype, restored by default
+    fingerprint: str | None = None  # of the source tensor (quantcli.ops.fingerprint); optional
 
     def to_json(self) -> dict:
-        return {
+        out = {
             **self.spec.to_dict(),
             "shape": list(self.shape),
             "dtype": safetensors_dtype(self.dtype),
         }
+        if self.fingerprint is not None:
+            out["fingerprint"] = self.fingerprint
+        return out
 
     def stored(self) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
         """(name, dtype, shape) of the arrays this tensor is stored as, in write order."""
@@ -166,7 +171,10 @@ def read_entries(metadata: dict[str, str], label: str) -> dict[str, QuantizedEnt
             dtype = numpy_dtype(item["dtype"])
             if not is_float(dtype):  # only float tensors are ever quantized
                 raise ValueError(f"dtype {item['dtype']} of {_shown(name)} is not a float dtype")
-            entries[name] = QuantizedEntry(name, spec, shape, dtype)
+            fingerprint = item.get("fingerprint")  # optional: older files have none
+            if fingerprint is not None and not isinstance(fingerprint, str):
+                raise ValueError(f"fingerprint of {_shown(name)} is not a string")
+            entries[name] = QuantizedEntry(name, spec, shape, dtype, fingerprint)
     except QuantError as exc:
         raise QuantizedFormatError(
             f"bad quant.tensors metadata in {label}: {exc}; the file is damaged, "

@@ -35,6 +35,7 @@ from quantcli.io.quantized_format import (
 from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
+from quantcli.ops.fingerprint import fingerprint
 from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
 from quantcli.ops.sources import file_metadata, format_of, model_folder_of
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
@@ -143,6 +144,7 @@ def compress(
         sharded = isinstance(source, ShardedReader)
         output = output or default_output(input, selector, sharded or folder is not None)
         result = CompressResult(input=source.label, output=output, format=format)
+        selector.check_patterns([i.name for i in source.infos()], source.label)
         if folder is not None:
             _check_not_quantized(folder)
             result.carried, result.skipped = list(folder.carried), list(folder.skipped)
@@ -370,7 +372,9 @@ def _plan(
                         sel = Selection(info.name, None, f"kept: {bad} non-finite values")
             selections.append(sel)
         entries = [
-            QuantizedEntry(i.name, s.spec, tuple(i.shape), np.dtype(i.dtype))
+            QuantizedEntry(
+                i.name, s.spec, tuple(i.shape), np.dtype(i.dtype), fingerprint(source.read(i.name))
+            )
             for i, s in zip(infos, selections)
             if s.quantized
         ]

@@ -4,7 +4,9 @@ For a quantized file, each logical tensor is listed once with its spec, its orig
 and shape, and the bytes it takes (codes plus scales plus zero points); the stored arrays are
 checked against the metadata first, and the codes against the spec's range. A
 compressed-tensors model folder (config.json with its quantization_config beside the
-weights) is listed the same way, one row per quantized Linear weight.
+weights) is listed the same way, one row per quantized Linear weight. The metadata the input had
+(``quant.source_metadata``, restored by decompress) is given apart. Tensors are listed in
+natural name order (``layers.2`` before ``layers.10``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ import numpy as np
 from quantcli.core.spec import QuantSpec
 from quantcli.io import compressed_tensors as ct
 from quantcli.io.detect import open_input
-from quantcli.io.quantized_format import KEY_SOURCE_METADATA, KEY_TENSORS, is_quantized
+from quantcli.io.quantized_format import (
+    KEY_SOURCE_METADATA,
+    KEY_TENSORS,
+    is_quantized,
+    source_metadata,
+)
 from quantcli.ops.sources import describe, model_config_of, open_quantized
+from quantcli.select import natural_key
 
 
 @dataclass
@@ -31,11 +39,16 @@ class InspectedTensor:
 
 @dataclass
 class InspectResult:
+    """metadata: the file's own (for a quantized file the ``quant.*`` keys, less the bulky
+    ``quant.tensors``, which the tensors show); source_metadata: for a quantized file, the
+    metadata of the file it was made from, else None."""
+
     file: str
     format: str
     quantized: bool
     metadata: dict[str, str]
     tensors: list[InspectedTensor] = field(default_factory=list)
+    source_metadata: dict[str, str] | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -56,7 +69,9 @@ def inspect_file(input: str) -> InspectResult:
         result = InspectResult(source.label, describe(source), quantized, metadata)
         if not quantized:
             result.tensors = [InspectedTensor(i.name, i.dtype, i.shape, i.nbytes) for i in infos]
+            result.tensors.sort(key=lambda t: natural_key(t.name))
             return result
+        result.source_metadata = source_metadata(source.metadata)
         checkpoint = open_quantized(input, source, "inspect")
         if checkpoint.container != "quant":
             result.format += f", {checkpoint.container}"
@@ -80,4 +95,5 @@ def inspect_file(input: str) -> InspectResult:
                 result.tensors.append(
                     InspectedTensor(entry.name, entry.dtype, entry.shape, stored, entry.spec)
                 )
+        result.tensors.sort(key=lambda t: natural_key(t.name))
         return result

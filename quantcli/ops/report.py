@@ -7,12 +7,14 @@ Three library functions, each returning a result object and printing nothing:
   (the function compress writes from, so the numbers are exactly those of the file compress
   would write), and only the statistics are kept. Peak memory follows the largest tensor.
 - ``against``: an existing quantized file (from ``quant compress``) restored tensor by tensor
-  and compared with the original input.
+  and compared with the original input, after checking that it was made from that input
+  (names, shapes, dtypes and the fingerprints compress recorded).
 - ``histogram``: one tensor's values in bins, with each configuration's clipping range and
   quantization levels, for ``--hist``.
 
 Rows carry ``ErrorStats`` sums, so a configuration's summary over the file is the exact,
 size-weighted merge of its tensors (``ErrorStats.merge``), not an average of averages.
+Per-tensor rows are listed in natural name order (``layers.2`` before ``layers.10``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from itertools import product
 
 import numpy as np
@@ -35,9 +36,17 @@ from quantcli.io.detect import open_input
 from quantcli.io.numpy_files import NpyReader
 from quantcli.io.quantized_format import QuantizedEntry
 from quantcli.io.source import TensorInfo, TensorSource
+from quantcli.ops.fingerprint import fingerprint
 from quantcli.ops.sources import open_quantized
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
-from quantcli.select import DEFAULT_MIN_ELEMENTS, Selection, Selector
+from quantcli.select import (
+    DEFAULT_MIN_ELEMENTS,
+    Selection,
+    Selector,
+    check_patterns,
+    matches,
+    natural_key,
+)
 
 # called after each tensor: (tensor name, its elements, elements of all tensors to measure)
 ProgressFn = Callable[[str, int, int], None]
@@ -265,7 +274,8 @@ class Row:
 
 
 def sort_rows(rows: Iterable[Row], metric: str | None) -> list[Row]:
-    """``rows`` worst first by ``metric`` (stable; unknown values last); None keeps the order."""
+    """``rows`` worst first by ``metric`` (stable, so equal values keep the natural name order;
+    unknown values last); None keeps the order."""
     rows = list(rows)
     if metric is None:
         return rows
@@ -290,6 +300,8 @@ class ReportResult:
 
     results: one row per tensor x configuration (tensor-major, file order); summary: one row
     per configuration over the whole file; kept: (tensor, reason) of the tensors not quantized.
+    against: the quantized file of ``against``; fingerprinted: False when that file records no
+    fingerprints (made by an older quant), so only names, shapes and dtypes could be checked.
     """
 
     input: str
@@ -298,6 +310,7 @@ class ReportResult:
     summary: list[Row] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)
     against: str | None = None
+    fingerprinted: bool = True
 
     @property
     def tensors(self) -> list[str]:
@@ -343,6 +356,7 @@ def sweep(
         result = ReportResult(input=source.label, configs=configs)
         single = isinstance(source, NpyReader)
         infos = source.infos()
+        check_patterns([i.name for i in infos], include, exclude, source.label)
         chosen: list[tuple[TensorInfo, list[Selection]]] = []
         for info in infos:
             selections = [s.choose(info.name, info.dtype, info.shape, single) for s in selectors]
@@ -370,6 +384,7 @@ def sweep(
                 progress(info.name, info.size, total)
         if not result.results:
             raise _nothing_quantized(source.label, result.kept)
+        _natural_order(result)
         bytes_in = sum(i.nbytes for i in infos)
         result.summary = [
             _summary(
@@ -378,6 +393,12 @@ def sweep(
             for config in configs
         ]
     return result
+
+
+def _natural_order(result: ReportResult) -> None:
+    """Rows and kept tensors in natural name order; a tensor's rows keep the configs' order."""
+    result.results.sort(key=lambda r: natural_key(r.tensor))
+    result.kept.sort(key=lambda k: natural_key(k[0]))
 
 
 def _tensor_row(config: QuantSpec, res: TensorResult) -> Row:
@@ -439,7 +460,12 @@ def against(
 
     Each quantized tensor is restored from its stored codes, scales and zero points and
     compared with the same tensor of ``input``, so the numbers describe the file as it is.
-    ``include`` / ``exclude`` globs limit the tensors compared.
+    ``include`` / ``exclude`` patterns limit the tensors compared.
+
+    First the files must match (``check_made_from``): the same tensor names, shapes and dtypes,
+    and the fingerprints compress recorded equal to those of ``input``'s tensors; otherwise
+    InputError names the first tensor that differs, since numbers from other weights would
+    be meaningless.
 
     Clipping: a min-max calibrated range holds every value of its group, so nothing is
     clipped. A percentile-calibrated file does not record its clipping range (the stored scale
@@ -450,17 +476,20 @@ def against(
         entries = checkpoint.entries
         qinfos = {i.name: i for i in qsource.infos()}
         originals = {i.name: i for i in source.infos()}
+        fingerprinted = check_made_from(source, qsource, entries)
+        check_patterns(_logical_names(qsource, entries), include, exclude, qsource.label)
         wanted = [
             e
             for e in entries.values()
-            if (not include or any(fnmatchcase(e.name, p) for p in include))
-            and not any(fnmatchcase(e.name, p) for p in exclude)
+            if (not include or any(matches(e.name, p) for p in include))
+            and not any(matches(e.name, p) for p in exclude)
         ]
-        for entry in wanted:
-            _check_matches(entry, originals.get(entry.name), source.label, qsource.label)
         configs = _file_configs(wanted)
         result = ReportResult(
-            input=source.label, configs=_unique(configs.values()), against=qsource.label
+            input=source.label,
+            configs=_unique(configs.values()),
+            against=qsource.label,
+            fingerprinted=fingerprinted,
         )
         total = sum(originals[e.name].size for e in wanted)
         for entry in wanted:
@@ -489,11 +518,10 @@ def against(
                 f"no tensor to report in {qsource.label}: no quantized tensor matches "
                 "--include/--exclude; check the globs against quant inspect"
             )
-        auxiliary = {n for e in entries.values() for n, _, _ in e.stored() if n != e.name}
         result.kept = [
             (name, "kept: not quantized in " + qsource.label)
-            for name in qinfos
-            if name not in entries and name not in auxiliary
+            for name in _logical_names(qsource, entries)
+            if name not in entries
         ]
         bytes_in = sum(i.nbytes for i in originals.values())
         # the bytes of the quantized file that are not the tensors compared
@@ -505,21 +533,75 @@ def against(
             )
             for config in result.configs
         ]
+        _natural_order(result)
     return result
 
 
-def _check_matches(entry: QuantizedEntry, info: TensorInfo | None, label: str, qlabel: str) -> None:
-    if info is None:
-        raise InputError(
-            f"tensor {entry.name} of {qlabel} is missing in {label}: the quantized file was "
-            "made from another input; pass the file it was compressed from"
+def _logical_names(qsource: TensorSource, entries: dict[str, QuantizedEntry]) -> list[str]:
+    """The tensors a quantized file stands for, in its order: each quantized tensor once (not
+    its scales and zero points) and every kept tensor."""
+    auxiliary = {n for e in entries.values() for n, _, _ in e.stored() if n != e.name}
+    return [i.name for i in qsource.infos() if i.name not in auxiliary]
+
+
+_OTHER_INPUT = "pass the file it was compressed from"
+
+
+def check_made_from(
+    source: TensorSource, qsource: TensorSource, entries: dict[str, QuantizedEntry]
+) -> bool:
+    """Raise InputError unless the quantized file ``qsource`` was made from ``source``.
+
+    Checked in this order, each naming the first tensor that differs: the same tensor names;
+    the same shapes and dtypes (a quantized tensor's original ones, a kept tensor's own); the
+    same values, by fingerprint (``quantcli.ops.fingerprint``: recorded by compress for each
+    quantized tensor; a kept tensor is stored as it was, so both sides are fingerprinted here).
+    Returns False when the quantized tensors carry no fingerprints (files of an older quant):
+    then only the kept tensors' values could be compared.
+    """
+    label, qlabel = source.label, qsource.label
+    originals = {i.name: i for i in source.infos()}
+    stored = {i.name: i for i in qsource.infos()}
+    logical = _logical_names(qsource, entries)
+    for name in logical:
+        if name not in originals:
+            raise InputError(
+                f"tensor {name} of {qlabel} is missing in {label}: the quantized file was made "
+                f"from another input; {_OTHER_INPUT}"
+            )
+    names = set(logical)
+    for name in originals:
+        if name not in names:
+            raise InputError(
+                f"tensor {name} of {label} is not in {qlabel}: the quantized file was made from "
+                f"another input; {_OTHER_INPUT}"
+            )
+    for name in logical:
+        entry = entries.get(name)
+        shape, dtype = (
+            (entry.shape, entry.dtype) if entry else (stored[name].shape, stored[name].dtype)
         )
-    if tuple(info.shape) != tuple(entry.shape) or np.dtype(info.dtype) != np.dtype(entry.dtype):
-        raise InputError(
-            f"tensor {entry.name} differs in {label}: it is {info.dtype} {list(info.shape)} "
-            f"but {qlabel} quantized a {entry.dtype} {list(entry.shape)}; pass the file it was "
-            "compressed from"
-        )
+        info = originals[name]
+        if tuple(info.shape) != tuple(shape) or np.dtype(info.dtype) != np.dtype(dtype):
+            what = "quantized" if entry else "kept"
+            raise InputError(
+                f"tensor {name} differs in {label}: it is {np.dtype(info.dtype)} "
+                f"{list(info.shape)} but {qlabel} {what} a {np.dtype(dtype)} {list(shape)}; "
+                f"{_OTHER_INPUT}"
+            )
+    fingerprinted = any(e.fingerprint is not None for e in entries.values())
+    for name in logical:
+        entry = entries.get(name)
+        if entry is not None and entry.fingerprint is None:
+            continue
+        recorded = entry.fingerprint if entry else fingerprint(qsource.read(name))
+        if fingerprint(source.read(name)) != recorded:
+            raise InputError(
+                f"tensor {name} of {label} holds other values than the one {qlabel} was made "
+                f"from (their fingerprints differ): the quantized file was made from other "
+                f"weights; {_OTHER_INPUT}"
+            )
+    return fingerprinted
 
 
 def _file_configs(entries: list[QuantizedEntry]) -> dict[str, QuantSpec]:
