@@ -40,7 +40,7 @@ from quantcli.core.search.chunks import (
     transposed_weights,
     weighted_sq_error,
 )
-from quantcli.core.search.grids import _check_bits
+from quantcli.core.search.grids import check_bits
 from quantcli.errors import InputError, SpecError
 
 OFFSETS = ("float", "integer")
@@ -84,11 +84,11 @@ def affine_rtn(
     Scale (and offset) rounded to ``scale_dtype``.
     """
     x = check_groups(x)
-    _check_bits(bits, 2, 8)
-    _check_offset(offset)
+    check_bits(bits, 2, 8)
+    check_offset(offset)
     if x.shape[0] == 0:
         return _empty(offset)
-    return _rtn(x.min(axis=1), x.max(axis=1), bits, offset, nonpositive_offset, scale_dtype)
+    return rtn_params(x.min(axis=1), x.max(axis=1), bits, offset, nonpositive_offset, scale_dtype)
 
 
 def affine_search(
@@ -117,8 +117,8 @@ def affine_search(
     Results do not depend on how many groups are passed at once.
     """
     x = check_groups(x, name)
-    _check_bits(bits, 2, 8)
-    _check_offset(offset)
+    check_bits(bits, 2, 8)
+    check_offset(offset)
     for label, value, least in (
         ("candidates", candidates, 1),
         ("shifts", shifts, 1),
@@ -132,10 +132,10 @@ def affine_search(
         raise InputError(f"rtn parameters in {name}: shape {rtn.scale.shape}, need ({n_groups},)")
     nmax = 2**bits - 1
     grid = _candidate_grid(nmax, candidates, shifts)
-    result = _empty_like(offset, n_groups)
+    result = empty_params(offset, n_groups)
     for part in group_slices(n_groups, n):
         g = part.stop - part.start
-        given = None if rtn is None else _part(rtn, part)
+        given = None if rtn is None else part_of(rtn, part)
         found = _search_chunk(
             x[part],
             nmax,
@@ -168,9 +168,9 @@ def affine_error(x, params: AffineParams, bits: int, weights="plain") -> np.ndar
         g = part.stop - part.start
         xt = transposed(x[part])
         w = transposed_weights(weights, part, transposed(x[part], "x64", np.float64), "w64")
-        p = _pad(_part(params, part), xt.shape[1])
+        p = padded(part_of(params, part), xt.shape[1])
         t, e64 = buffer("t", xt.shape), buffer("e64", xt.shape, np.float64)
-        out[part] = _error(xt, p, nmax, w, t, e64)[:g]
+        out[part] = chunk_error(xt, p, nmax, w, t, e64)[:g]
     return out
 
 
@@ -188,23 +188,23 @@ def _candidate_grid(nmax: int, candidates: int, shifts: int) -> np.ndarray:
     return np.array([(m, s) for m in mults for s in steps])
 
 
-def _check_offset(offset: str) -> None:
+def check_offset(offset: str) -> None:
     if offset not in OFFSETS:
         raise SpecError(f"unknown offset {offset!r} in scale search: choose float or integer")
 
 
 def _empty(offset: str) -> AffineParams:
-    return _empty_like(offset, 0)
+    return empty_params(offset, 0)
 
 
-def _empty_like(offset: str, n: int) -> AffineParams:
+def empty_params(offset: str, n: int) -> AffineParams:
     scale = np.ones(n, np.float32)
     if offset == "float":
         return AffineParams(scale, offset=np.zeros(n, np.float32))
     return AffineParams(scale, zero_point=np.zeros(n, np.uint8))
 
 
-def _part(p: AffineParams, part: slice) -> AffineParams:
+def part_of(p: AffineParams, part: slice) -> AffineParams:
     return AffineParams(
         p.scale[part],
         None if p.offset is None else p.offset[part],
@@ -212,7 +212,7 @@ def _part(p: AffineParams, part: slice) -> AffineParams:
     )
 
 
-def _pad(p: AffineParams, g: int) -> AffineParams:
+def padded(p: AffineParams, g: int) -> AffineParams:
     """p with its arrays padded to g groups (scale 1, offset / zero point 0)."""
     if p.scale.size == g:
         return p
@@ -223,7 +223,7 @@ def _pad(p: AffineParams, g: int) -> AffineParams:
     return AffineParams(scale, zero_point=np.concatenate([p.zero_point, np.zeros(extra, np.uint8)]))
 
 
-def _rtn(lo, hi, bits, offset, nonpositive_offset, scale_dtype) -> AffineParams:
+def rtn_params(lo, hi, bits, offset, nonpositive_offset, scale_dtype) -> AffineParams:
     nmax = 2**bits - 1
     if offset == "integer" or nonpositive_offset:
         lo = np.minimum(lo, np.float32(0))
@@ -248,9 +248,9 @@ def _search_chunk(
     hi, lo = column_max(xt), column_min(xt)
     check_finite(lo, hi, name)
     bits = int(nmax).bit_length()
-    base = _rtn(lo, hi, bits, offset, nonpositive, scale_dtype)
+    base = rtn_params(lo, hi, bits, offset, nonpositive, scale_dtype)
     if rtn is not None:
-        given = _pad(rtn, g)
+        given = padded(rtn, g)
         base = AffineParams(given.scale.copy(), given.offset, given.zero_point)
     if offset == "integer" or nonpositive:
         lo = np.minimum(lo, np.float32(0))
@@ -286,8 +286,8 @@ def _search_chunk(
         candidate = AffineParams(np.where(usable, scale, 1).astype(np.float32), zero_point=zp)
     t, e64 = buffer("t", xt.shape), buffer("e64", xt.shape, np.float64)
     w = float64_copy(w)  # once, for both errors
-    e_base = _error(xt, base, nmax, w, t, e64)
-    e_found = _error(xt, candidate, nmax, w, t, e64)
+    e_base = chunk_error(xt, base, nmax, w, t, e64)
+    e_found = chunk_error(xt, candidate, nmax, w, t, e64)
     return candidate.select(usable & (e_found < e_base), base)
 
 
@@ -482,7 +482,7 @@ def _colsum(a: np.ndarray) -> np.ndarray:
     return np.add.reduce(a, axis=0)
 
 
-def _error(xt, p: AffineParams, nmax, w, t, e64) -> np.ndarray:
+def chunk_error(xt, p: AffineParams, nmax, w, t, e64) -> np.ndarray:
     """E of every group of xt (n, g) for parameters p (g,): float64 (g,)."""
     with np.errstate(over="ignore", invalid="ignore"):
         if p.offset is not None:

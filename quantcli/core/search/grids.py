@@ -137,7 +137,7 @@ class Grid:
 def int_grid(bits: int, full_range: bool = False) -> Grid:
     """Signed integers: -(2^(b-1)-1)..2^(b-1)-1 (quant's absmax, ``full_range=False``) or
     -2^(b-1)..2^(b-1)-1 (full range, as llama.cpp's Q4_0 and compressed-tensors)."""
-    _check_bits(bits, 2, 8)
+    check_bits(bits, 2, 8)
     qmax = 2 ** (bits - 1) - 1
     lo = -qmax - 1 if full_range else -qmax
     name = f"int{bits}" + (" full range" if full_range else "")
@@ -168,6 +168,6 @@ E2M1 = float_grid("e2m1", 2, 1, 6.0)
 NF4 = codebook_grid("nf4", NF4_LEVELS)
 
 
-def _check_bits(bits: int, lo: int, hi: int) -> None:
+def check_bits(bits: int, lo: int, hi: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not lo <= bits <= hi:
         raise SpecError(f"bits {bits!r} in scale search: use {lo} to {hi}")

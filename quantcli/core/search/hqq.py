@@ -34,12 +34,12 @@ import numpy as np
 
 from quantcli.core.search.affine import (
     AffineParams,
-    _check_offset,
-    _empty_like,
-    _error,
-    _pad,
-    _part,
-    _rtn,
+    check_offset,
+    chunk_error,
+    empty_params,
+    padded,
+    part_of,
+    rtn_params,
 )
 from quantcli.core.search.chunks import (
     buffer,
@@ -54,7 +54,7 @@ from quantcli.core.search.chunks import (
     transposed,
     transposed_weights,
 )
-from quantcli.core.search.grids import _check_bits
+from quantcli.core.search.grids import check_bits
 from quantcli.errors import InputError, SpecError
 
 
@@ -91,8 +91,8 @@ def hqq_params(
     stopping). Either way each group keeps the zero point with its smallest mean |W - W_r|.
     """
     x = check_groups(x, name)
-    _check_bits(bits, 2, 8)
-    _check_offset(offset)
+    check_bits(bits, 2, 8)
+    check_offset(offset)
     if not (isinstance(iterations, int) and iterations >= 1):
         raise SpecError(f"iterations {iterations!r} in HQQ: use 1 or more")
     if not (0 < lp_norm <= 1 and beta > 0 and kappa >= 1):
@@ -105,11 +105,11 @@ def hqq_params(
     if rtn is not None and rtn.scale.shape != (n_groups,):
         raise InputError(f"rtn parameters in {name}: shape {rtn.scale.shape}, need ({n_groups},)")
     nmax = 2**bits - 1
-    result = _empty_like(offset, n_groups)
+    result = empty_params(offset, n_groups)
     options = (iterations, lp_norm, beta, kappa, early_stop)
     for part in group_slices(n_groups, n):
         g = part.stop - part.start
-        given = None if rtn is None else _part(rtn, part)
+        given = None if rtn is None else part_of(rtn, part)
         found = _chunk(
             x[part],
             nmax,
@@ -136,9 +136,9 @@ def _chunk(part, nmax, offset, weights, index, rtn, nonpositive, scale_dtype, op
     hi, lo = column_max(xt), column_min(xt)
     check_finite(lo, hi, name)
     bits = int(nmax).bit_length()
-    base = _rtn(lo, hi, bits, offset, nonpositive, scale_dtype)
+    base = rtn_params(lo, hi, bits, offset, nonpositive, scale_dtype)
     if rtn is not None:
-        given = _pad(rtn, g)
+        given = padded(rtn, g)
         base = AffineParams(given.scale.copy(), given.offset, given.zero_point)
     span = hi.astype(np.float64) - lo  # may overflow float32
     with np.errstate(over="ignore", divide="ignore"):
@@ -161,8 +161,8 @@ def _chunk(part, nmax, offset, weights, index, rtn, nonpositive, scale_dtype, op
     w = transposed_weights(weights, index, xt)
     t, e64 = buffer("t", xt.shape), buffer("e64", xt.shape, np.float64)
     w = float64_copy(w)  # once, for both errors
-    e_base = _error(xt, base, nmax, w, t, e64)
-    e_found = _error(xt, found, nmax, w, t, e64)
+    e_base = chunk_error(xt, base, nmax, w, t, e64)
+    e_found = chunk_error(xt, found, nmax, w, t, e64)
     return found.select(usable & (e_found < e_base), base)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantcli.core.search.affine import AffineParams, _check_bits, _error
+from quantcli.core.search.affine import AffineParams, chunk_error
 from quantcli.core.search.chunks import (
     SEARCH_CHUNK_ELEMENTS,
     buffer,
@@ -33,6 +33,7 @@ from quantcli.core.search.chunks import (
     transposed,
     transposed_weights,
 )
+from quantcli.core.search.grids import check_bits
 from quantcli.errors import InputError, SpecError
 
 
@@ -79,7 +80,7 @@ def superblock_params(
     becomes its offset.
     """
     x = check_groups(x, name)
-    _check_bits(bits, 2, 8)
+    check_bits(bits, 2, 8)
     if not (isinstance(level_bits, int) and 2 <= level_bits <= 8):
         raise SpecError(f"level_bits {level_bits!r} in super-block scales: use 2 to 8")
     if not (isinstance(groups_per_block, int) and groups_per_block >= 1):
@@ -146,7 +147,7 @@ def _chunk(part, scale, offset, bits, per, top, weights, index, refinements):
         # division): measured apart
         safe = np.where(s > 0, s, np.float32(1))
         p = AffineParams(pad(safe, 1).astype(np.float32), offset=pad(m, 0).astype(np.float32))
-        e = _error(xt, p, nmax, w, t, e64)[:g]
+        e = chunk_error(xt, p, nmax, w, t, e64)[:g]
         zero = s == 0
         if zero.any():
             e = np.where(zero, _offset_only(xt, m, w, e64)[:g], e)
