@@ -419,3 +419,7 @@ def test_nvfp4_layers_vllm_fuses_share_the_smallest_global_scale(tmp_path):
     assert ct.fused_groups(["a.q_proj.weight", "a.k_proj.weight", "b.q_proj.weight"]) == [
         ["a.q_proj.weight", "a.k_proj.weight"]
     ]
+    bert = [f"encoder.layer.0.attention.self.{p}.weight" for p in ("query", "key", "value")]
+    experts = ["layers.0.experts.3.w1.weight", "layers.0.experts.3.w2.weight"]
+    experts += ["layers.0.experts.3.w3.weight"]
+    assert ct.fused_groups(bert + experts) == [bert, [experts[0], experts[2]]]

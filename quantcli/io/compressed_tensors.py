@@ -319,19 +319,22 @@ def quantization_config(
     }
 
 
-# the Linear layers vLLM loads as one (qkv_proj, gate_up_proj, MLA's fused q_a/kv_a): it keeps
-# one NVFP4 global scale per fused layer, the largest of its parts', for all of them
+# the Linear layers vLLM loads as one (qkv_proj, gate_up_proj, MLA's fused q_a/kv_a, BERT's
+# query/key/value, an expert's w1/w3): it keeps one NVFP4 global scale per fused layer, the
+# largest of its parts', for all of them
 _FUSED = (
     ("q_proj", "k_proj", "v_proj"),
     ("gate_proj", "up_proj"),
     ("q_a_proj", "kv_a_proj_with_mqa"),
+    ("query", "key", "value"),
+    ("w1", "w3"),
 )
 
 
 def fused_groups(names: list[str]) -> list[list[str]]:
     """The weights among ``names`` that vLLM loads as one fused layer: the q/k/v projections
-    of one attention block, gate/up of one MLP (q_a/kv_a of an MLA block), each set of two
-    or more, in the order of ``names``."""
+    of one attention block (BERT's query/key/value), gate/up of one MLP (an expert's w1/w3,
+    an MLA block's q_a/kv_a), each set of two or more, in the order of ``names``."""
     groups: dict[tuple[str, int], list[str]] = {}
     for name in names:
         parent, _, leaf = module_of(name).rpartition(".")
