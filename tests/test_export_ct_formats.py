@@ -214,7 +214,10 @@ def test_refused_schemes_name_the_nearest_spec():
 # -- model folders through the CLI -----------------------------------------------------------
 
 FORMATS = {
-    "fullrange-ct": (("--scheme", "fullrange-ct", "--bits", "4"), "pack-quantized"),
+    "fullrange-ct": (
+        ("--scheme", "fullrange-ct", "--bits", "4", "--granularity", "channel"),
+        "pack-quantized",
+    ),
     "fullrange": (
         ("--scheme", "fullrange", "--bits", "4", "--granularity", "group", "--group-size", "32"),
         "pack-quantized",

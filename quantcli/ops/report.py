@@ -540,8 +540,15 @@ def against(
 def _logical_names(qsource: TensorSource, entries: dict[str, QuantizedEntry]) -> list[str]:
     """The tensors a quantized file stands for, in its order: each quantized tensor once (not
     its scales and zero points) and every kept tensor."""
-    auxiliary = {n for e in entries.values() for n, _, _ in e.stored() if n != e.name}
-    return [i.name for i in qsource.infos() if i.name not in auxiliary]
+    owner = {n: e.name for e in entries.values() for n, _, _ in e.stored()}
+    out: list[str] = []
+    for info in qsource.infos():
+        # quant's format stores a tensor's codes under its own name, compressed-tensors under
+        # M.weight_packed: either way the tensor is listed once, where its arrays start
+        name = owner.get(info.name, info.name)
+        if name not in out:
+            out.append(name)
+    return out
 
 
 _OTHER_INPUT = "pass the file it was compressed from"
@@ -589,12 +596,14 @@ def check_made_from(
                 f"{list(info.shape)} but {qlabel} {what} a {np.dtype(dtype)} {list(shape)}; "
                 f"{_OTHER_INPUT}"
             )
-    fingerprinted = any(e.fingerprint is not None for e in entries.values())
+    # compressed-tensors checkpoints record no fingerprint (CTEntry has none)
+    recorded_of = {name: getattr(e, "fingerprint", None) for name, e in entries.items()}
+    fingerprinted = any(f is not None for f in recorded_of.values())
     for name in logical:
         entry = entries.get(name)
-        if entry is not None and entry.fingerprint is None:
+        if entry is not None and recorded_of[name] is None:
             continue
-        recorded = entry.fingerprint if entry else fingerprint(qsource.read(name))
+        recorded = recorded_of[name] if entry else fingerprint(qsource.read(name))
         if fingerprint(source.read(name)) != recorded:
             raise InputError(
                 f"tensor {name} of {label} holds other values than the one {qlabel} was made "
