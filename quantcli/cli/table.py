@@ -76,7 +76,11 @@ class Layout:
 
 def printable(text: str) -> str:
     """``text`` with control characters escaped (``\\n``, ``\\x1b``), so that a name from a
-    hostile file can neither split a row nor drive the terminal."""
+    hostile file can neither split a row nor drive the terminal, and the bytes of a file name
+    that is not UTF-8 shown as ``\\xff`` (``quantcli.cli.app.printable``)."""
+    from quantcli.cli.app import printable as encodable
+
+    text = encodable(text)
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
