@@ -196,12 +196,12 @@ def test_torch_divides_bf16_and_f16_as_float32_rounded():
 
 def test_nvfp4_on_bf16_weights_differs_where_the_library_rounds_in_bf16():
     """The library computes 2688 / amax and amax_block / 6 in bf16 for bf16 weights; quant in
-    float32. Measured here (96 x 256 Student-t weights): the global scale differs by one
-    bf16 rounding, block scales in 5% of blocks, code bytes in 2%; each is still a valid
-    NVFP4 encoding of the same weights."""
+    float32. Measured here (96 x 256 Student-t weights): the global scale differs by bf16
+    rounding (6752 against 6779.586), block scales in 5.3% of blocks, code bytes in 2.6%;
+    each is still a valid NVFP4 encoding of the same weights."""
     _, ours, theirs, _, _ = single(gaussian(seed=4), QuantSpec("nvfp4"), torch.bfloat16)
     g_ours, g_theirs = ours["m.weight_global_scale"][0], float(theirs["m.weight_global_scale"][0])
-    assert g_ours != g_theirs and abs(g_ours / g_theirs - 1) < 2**-7  # one bf16 rounding
+    assert g_ours != g_theirs and abs(g_ours / g_theirs - 1) < 2**-7  # within a bf16 step
     scale_ours = ours["m.weight_scale"].view(np.uint8)
     scale_theirs = theirs["m.weight_scale"].view(torch.uint8).numpy()
     assert 0 < np.mean(scale_ours != scale_theirs) < 0.1
