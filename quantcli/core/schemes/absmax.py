@@ -6,52 +6,32 @@ The same as ONNX Runtime's symmetric int8 and llama.cpp's Q8_0 (d = amax / 127).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quantcli.core.parallel import scratch
-from quantcli.core.schemes.base import Scheme, safe_scale
+from quantcli.core.schemes.base import Scheme, SymmetricParams, safe_scale
 
 if TYPE_CHECKING:
     from quantcli.core.spec import QuantSpec
-
-
-@dataclass
-class AbsmaxParams:
-    amax: np.ndarray  # float32, keepdims
-    scale: np.ndarray  # float32, keepdims
-    zero_point: None = None
-
-    @property
-    def lo(self) -> np.ndarray:
-        return -self.amax
-
-    @property
-    def hi(self) -> np.ndarray:
-        return self.amax
-
-    @property
-    def empty(self) -> np.ndarray:
-        return self.amax == 0
 
 
 class Absmax(Scheme):
     name = "absmax"
     summary = "symmetric int, codes -(2^(b-1)-1)..2^(b-1)-1, scale = amax / qmax"
 
-    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> AbsmaxParams:
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         qmax = spec.code_range[1]
         amax = np.maximum(hi, -lo)
         # a slack under half a step keeps amax / scale below qmax + 0.5, so min-max codes
         # never round past qmax and encode can skip the clip
         scale = safe_scale(amax / np.float32(qmax), amax, qmax, spec, slack=0.25)
-        return AbsmaxParams(amax=amax, scale=scale)
+        return SymmetricParams(amax=amax, scale=scale)
 
-    def searched(self, p, scale, zero_point, spec: QuantSpec) -> AbsmaxParams:
+    def searched(self, p, scale, zero_point, spec: QuantSpec) -> SymmetricParams:
         scale = np.asarray(scale, np.float32)
-        return AbsmaxParams(amax=scale * np.float32(spec.code_range[1]), scale=scale)
+        return SymmetricParams(amax=scale * np.float32(spec.code_range[1]), scale=scale)
 
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         qmin, qmax = spec.code_range

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -15,6 +16,28 @@ if TYPE_CHECKING:
 SCALE_NUMPY_DTYPES = {name: kind.dtype for name, kind in SCALE_KINDS.items()}
 SCALE_SMALLEST = {name: np.float32(kind.smallest) for name, kind in SCALE_KINDS.items()}
 SCALE_LARGEST = {name: kind.largest for name, kind in SCALE_KINDS.items()}
+
+
+@dataclass
+class SymmetricParams:
+    """Parameters of a symmetric format (absmax, fp8, nf4, mxfp4, nvfp4): the range
+    [-amax, amax] and the group scale."""
+
+    amax: np.ndarray  # float32, keepdims
+    scale: np.ndarray  # float32, keepdims
+    zero_point: None = None
+
+    @property
+    def lo(self) -> np.ndarray:
+        return -self.amax
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.amax
+
+    @property
+    def empty(self) -> np.ndarray:
+        return self.amax == 0
 
 
 class GroupParams(Protocol):

@@ -12,38 +12,22 @@ that dtype before the cast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import ml_dtypes
 import numpy as np
 
 from quantcli.core.parallel import scratch
-from quantcli.core.schemes.base import Scheme, as_stored, round_to_model_dtype, safe_scale
+from quantcli.core.schemes.base import (
+    Scheme,
+    SymmetricParams,
+    as_stored,
+    round_to_model_dtype,
+    safe_scale,
+)
 
 if TYPE_CHECKING:
     from quantcli.core.spec import QuantSpec
-
-
-@dataclass
-class FloatParams:
-    """Parameters of a symmetric float format: the range [-amax, amax] and the scale."""
-
-    amax: np.ndarray  # float32, keepdims
-    scale: np.ndarray  # float32, keepdims
-    zero_point: None = None
-
-    @property
-    def lo(self) -> np.ndarray:
-        return -self.amax
-
-    @property
-    def hi(self) -> np.ndarray:
-        return self.amax
-
-    @property
-    def empty(self) -> np.ndarray:
-        return self.amax == 0
 
 
 class FP8(Scheme):
@@ -65,12 +49,12 @@ class FP8(Scheme):
         every = np.arange(256, dtype=np.uint8).view(self.code_dtype).astype(np.float32)
         return np.unique(every[np.isfinite(every)])
 
-    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> FloatParams:
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         amax = np.maximum(hi, -lo)
         top = np.float32(self.max)
         scale = safe_scale(amax / top, amax, self.max, spec, 0.0)
         # codes use the scale as stored (compressed-tensors' rule for bf16 and f16 scales)
-        return FloatParams(amax=amax, scale=as_stored(scale, spec))
+        return SymmetricParams(amax=amax, scale=as_stored(scale, spec))
 
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         t = scratch("encode", x.shape, np.float32)

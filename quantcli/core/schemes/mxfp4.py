@@ -25,8 +25,7 @@ import numpy as np
 
 from quantcli.core.parallel import scratch
 from quantcli.core.schemes import e2m1
-from quantcli.core.schemes.base import Scheme
-from quantcli.core.schemes.fp8 import FloatParams
+from quantcli.core.schemes.base import Scheme, SymmetricParams
 
 if TYPE_CHECKING:
     from quantcli.core.spec import QuantSpec
@@ -71,7 +70,7 @@ class MXFP4(E2M1Scheme):
     default_scale_dtype = "e8m0"
     round_up = False
 
-    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> FloatParams:
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         amax = np.maximum(hi, -lo).astype(np.float32)
         # floor(log2 a) from frexp: a = m 2^k with m in [0.5, 1) -> floor(log2 a) = k - 1
         m, k = np.frexp(amax)
@@ -81,7 +80,7 @@ class MXFP4(E2M1Scheme):
         exponent = np.clip(k - 2, E8M0_MIN, E8M0_MAX)
         exponent = np.where(amax == 0, E8M0_MIN, exponent)
         scale = np.ldexp(np.float32(1), exponent).astype(np.float32)
-        return FloatParams(amax=amax, scale=scale)
+        return SymmetricParams(amax=amax, scale=scale)
 
     def valid_scales(self, stored32: np.ndarray) -> bool:
         return bool(np.isfinite(stored32).all())

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from quantcli.core.parallel import scratch
-from quantcli.core.schemes.base import Scheme, safe_scale
-from quantcli.core.schemes.fp8 import FloatParams
+from quantcli.core.schemes.base import Scheme, SymmetricParams, safe_scale
 
 if TYPE_CHECKING:
     from quantcli.core.spec import QuantSpec
@@ -67,13 +66,13 @@ class NF4Scheme(Scheme):
     def levels(self, spec: QuantSpec) -> np.ndarray:
         return NF4.copy()
 
-    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> FloatParams:
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         amax = np.maximum(hi, -lo)
-        return FloatParams(amax=amax, scale=safe_scale(amax, amax, 1, spec, 0.0))
+        return SymmetricParams(amax=amax, scale=safe_scale(amax, amax, 1, spec, 0.0))
 
-    def searched(self, p, scale, zero_point, spec: QuantSpec) -> FloatParams:
+    def searched(self, p, scale, zero_point, spec: QuantSpec) -> SymmetricParams:
         scale = np.asarray(scale, np.float32)
-        return FloatParams(amax=scale, scale=scale)  # the levels span [-1, 1]
+        return SymmetricParams(amax=scale, scale=scale)  # the levels span [-1, 1]
 
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         t = scratch("encode", x.shape, np.float32)

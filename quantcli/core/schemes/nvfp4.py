@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import ml_dtypes
 import numpy as np
 
-from quantcli.core.schemes.fp8 import FloatParams
+from quantcli.core.schemes.base import SymmetricParams
 from quantcli.core.schemes.mxfp4 import E2M1Scheme
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class NVFP4(E2M1Scheme):
             g = np.float32(E4M3_MAX * E2M1_MAX) * (np.float32(1) / np.float32(amax))
         return np.array([min(g, np.finfo(np.float32).max)], np.float32)
 
-    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> FloatParams:
+    def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         amax = np.maximum(hi, -lo).astype(np.float32)
         g = np.float32(tensor_scale.reshape(-1)[0])
         with np.errstate(over="ignore"):
@@ -59,7 +59,7 @@ class NVFP4(E2M1Scheme):
         block = np.clip(block, -E4M3_MAX, E4M3_MAX).astype(E4M3).astype(np.float32)
         block = np.where(block == 0, ZERO_BLOCK_SCALE, block).astype(np.float32)
         # params hold the stored (E4M3) block scale; codes use effective_scale's
-        return FloatParams(amax=amax, scale=block)
+        return SymmetricParams(amax=amax, scale=block)
 
     def effective_scale(self, stored32: np.ndarray, tensor_scale) -> np.ndarray:
         g = np.float32(np.asarray(tensor_scale).reshape(-1)[0])

@@ -19,27 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quantcli.core.parallel import scratch
+from quantcli.core.schemes.nf4 import NF4 as NF4_TABLE
 from quantcli.errors import SpecError
 
-# bitsandbytes' get_4bit_type("nf4")
-NF4_LEVELS = (
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-)
 _EXPONENT_BITS = np.int32(0x7F800000)
 
 
@@ -165,7 +147,7 @@ def codebook_grid(name: str, levels) -> Grid:
 
 
 E2M1 = float_grid("e2m1", 2, 1, 6.0)
-NF4 = codebook_grid("nf4", NF4_LEVELS)
+NF4 = codebook_grid("nf4", NF4_TABLE)  # bitsandbytes' table, as the nf4 scheme holds it
 
 
 def check_bits(bits: int, lo: int, hi: int) -> None:
