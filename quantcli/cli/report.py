@@ -123,6 +123,25 @@ def report(
             show_default=False,
         ),
     ] = None,
+    ggml_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type",
+            metavar="TYPE",
+            help="ggml type or llama-quantize mix to compare (repeatable), on the tensors "
+            "llama-quantize quantizes, in place of --scheme and the other sweep options: "
+            "Q4_0, Q4_K, Q6_K, Q4_K_M, ... See 'quant formats'.",
+            show_default=False,
+        ),
+    ] = None,
+    pure: Annotated[
+        bool,
+        typer.Option(
+            "--pure",
+            help="With --type: a mix name means its base type on every tensor "
+            "(llama-quantize --pure).",
+        ),
+    ] = False,
     include: Include = None,
     exclude: Exclude = None,
     min_elements: Annotated[
@@ -223,6 +242,18 @@ def report(
         "--min-elements": min_elements,
         "--nonfinite": nonfinite,
     }
+    if ggml_type or pure:
+        given = [name for name, value in sweep_options.items() if value not in (None, [])]
+        clash = given[0] if given else "--against" if against else "--hist" if hist else None
+        if not ggml_type:
+            clash = "--pure without --type"
+        if clash:
+            raise UsageError(
+                f"{clash} with --type in quant report: --type compares ggml types on the "
+                "tensors llama-quantize quantizes; drop one of them"
+                if ggml_type
+                else f"{clash} in quant report: --pure applies to --type; add --type"
+            )
     if against is not None:
         given = [name for name, value in sweep_options.items() if value not in (None, [])]
         if given:
@@ -243,7 +274,7 @@ def report(
 
     configs = (
         []
-        if against is not None
+        if against is not None or ggml_type
         else ops.configs_from_options(
             schemes=[s.value for s in scheme or []],
             bits=bits or [],
@@ -274,7 +305,13 @@ def report(
         return
 
     with progress_bar("measuring", enabled=True) as advance:
-        if against is not None:
+        if ggml_type:
+            from quantcli.core.ggml.mixes import resolve_type
+            from quantcli.ops.gguf_report import sweep_types
+
+            mixes = [resolve_type(name, pure) for name in ggml_type]
+            result = sweep_types(input, mixes, include or (), exclude or (), True, advance)
+        elif against is not None:
             result = ops.against(input, against, include or (), exclude or (), advance)
         else:
             result = ops.sweep(
