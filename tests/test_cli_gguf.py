@@ -83,9 +83,9 @@ def test_inspect_table(model):
     lines = result.stdout.splitlines()
     assert lines[0] == f"{model}: gguf"
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:] if line.strip()}
-    assert rows["token_embd.weight"][:3] == ["float16", "(40,", "64)"]
-    assert rows["blk.0.ffn_up.weight"][:3] == ["bfloat16", "(96,", "64)"]  # NumPy order
-    assert rows["blk.0.attn_norm.weight"][:2] == ["float32", "(64,)"]
+    assert rows["token_embd.weight"][:3] == ["F16", "(40,", "64)"]  # ggml types
+    assert rows["blk.0.ffn_up.weight"][:3] == ["BF16", "(96,", "64)"]  # NumPy order
+    assert rows["blk.0.attn_norm.weight"][:2] == ["F32", "(64,)"]
     # the metadata, one "key: value" line each under the table (the first few; --json all)
     shown = [line.strip() for line in lines]
     assert "general.architecture: llama" in shown
@@ -165,7 +165,7 @@ def test_quantized_gguf(tmp_path):
     path = write_gguf(tmp_path / "q8.gguf", tensors(), quantized=True)
     table = ok("inspect", path).stdout
     row = next(line for line in table.splitlines() if line.startswith("blk.0.attn_v.weight"))
-    assert row.split()[1:4] == ["uint8", "(8,", "68)"]  # 2 blocks of 34 bytes a row
+    assert row.split()[1:4] == ["Q8_0", "(8,", "64)"]  # its type and shape, 8.5 bits/w
     # report measures the float tensors and keeps the quantized one
     report = json.loads(ok("report", path, "--format", "json").stdout)
     assert "blk.0.attn_v.weight" not in {row["tensor"] for row in report["results"]}

@@ -8,7 +8,13 @@ import os
 # (docs/PERFORMANCE.md). QUANT_THREADS spreads quant's own work; a user's setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from quantcli.cli import compress, decompress, inspect, report  # noqa: F401  (registers commands)
+from quantcli.cli import (  # noqa: F401  (registers commands)
+    compress,
+    decompress,
+    formats,
+    inspect,
+    report,
+)
 from quantcli.cli.app import app, configure_streams, install_signal_handlers
 
 

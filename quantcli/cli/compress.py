@@ -128,6 +128,34 @@ def compress(
             "zero-point optimizer; zeropoint only). See docs/SEARCH.md.",
         ),
     ] = Search.none,
+    ggml_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            metavar="TYPE",
+            help="Write a GGUF file for llama.cpp (INPUT an F16/F32 GGUF): a llama-quantize "
+            "mix (Q4_K_M, Q5_K_S, Q4_0, ...) or a ggml type for every tensor llama-quantize "
+            "quantizes (Q4_K, MXFP4, ...). Default output: INPUT's name with .TYPE.gguf. "
+            "See 'quant formats'.",
+            show_default=False,
+        ),
+    ] = None,
+    pure: Annotated[
+        bool,
+        typer.Option(
+            "--pure",
+            help="With --type: a mix name means its base type for every tensor it quantizes "
+            "(llama-quantize --pure).",
+        ),
+    ] = False,
+    no_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--no-fallback",
+            help="With --type: stop with an error when a tensor's rows do not fit its type's "
+            "block, instead of llama.cpp's fallback type.",
+        ),
+    ] = False,
     include: Include = None,
     exclude: Exclude = None,
     min_elements: MinElements = 1024,
@@ -157,6 +185,8 @@ def compress(
     Example: quant compress model.safetensors --scheme zeropoint --bits 4 --group-size 32
 
     Example: quant compress my-model/ -o my-model-w4 --bits 4 --granularity group
+
+    Example: quant compress model-f16.gguf -o model-Q4_K_M.gguf --type Q4_K_M
     """
     from quantcli.cli.render import print_json, progress_bar
     from quantcli.cli.spec_options import given_options, granularity_for, refuse_unused
@@ -171,6 +201,19 @@ def compress(
             "--json with the output on stdout (-o -, the default for input -) in quant "
             "compress: both would use standard output; write the quantized file to a path with -o, "
             "or drop --json"
+        )
+    gguf_output = output is not None and output.lower().endswith(".gguf")
+    if ggml_type is not None or gguf_output:
+        from quantcli.cli.gguf_compress import compress_to_gguf
+
+        return compress_to_gguf(
+            ctx, input, output, ggml_type, pure, no_fallback, exclude, force, json, quiet
+        )
+    if pure or no_fallback:
+        flag = "--pure" if pure else "--no-fallback"
+        raise UsageError(
+            f"{flag} without --type in quant compress: it applies to ggml types of a GGUF "
+            f"output; add --type (e.g. --type Q4_K_M), or drop {flag}"
         )
     refuse_unused(
         given_options(ctx),

@@ -135,6 +135,25 @@ def report(
             show_default=False,
         ),
     ] = None,
+    ggml_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type",
+            metavar="TYPE",
+            help="ggml type or llama-quantize mix to compare (repeatable), on the tensors "
+            "llama-quantize quantizes, in place of --scheme and the other sweep options: "
+            "Q4_0, Q4_K, Q6_K, Q4_K_M, ... See 'quant formats'.",
+            show_default=False,
+        ),
+    ] = None,
+    pure: Annotated[
+        bool,
+        typer.Option(
+            "--pure",
+            help="With --type: a mix name means its base type on every tensor "
+            "(llama-quantize --pure).",
+        ),
+    ] = False,
     include: Include = None,
     exclude: Exclude = None,
     min_elements: Annotated[
@@ -229,6 +248,7 @@ def report(
     Example: quant report model.safetensors --bits 4 --granularity group --group-size 32
     --group-size 128 --sort sqnr
     """
+    from quantcli.core.ggml.mixes import resolve_type
     from quantcli.ops import report as ops
     from quantcli.select import DEFAULT_MIN_ELEMENTS
 
@@ -245,10 +265,10 @@ def report(
         "--min-elements": min_elements,
         "--nonfinite": nonfinite,
     }
-    _refuse_conflicts(against, hist, hist_scale, format, sweep_options)
+    _refuse_conflicts(against, hist, hist_scale, format, sweep_options, ggml_type, pure)
     configs = (
         []
-        if against is not None
+        if against is not None or ggml_type
         else ops.configs_from_options(
             schemes=[s.value for s in scheme or []],
             bits=bits or [],
@@ -267,6 +287,7 @@ def report(
     result = _measure(
         input,
         against,
+        [resolve_type(name, pure) for name in ggml_type or []],
         configs,
         include or (),
         exclude or (),
@@ -278,8 +299,22 @@ def report(
         ops.check_sqnr(result, fail_below_sqnr)
 
 
-def _refuse_conflicts(against, hist, hist_scale, format, sweep_options: dict) -> None:
+def _refuse_conflicts(
+    against, hist, hist_scale, format, sweep_options: dict, ggml_type, pure
+) -> None:
     """UsageError for options that do not go together."""
+    if ggml_type or pure:
+        given = [name for name, value in sweep_options.items() if value not in (None, [])]
+        clash = given[0] if given else "--against" if against else "--hist" if hist else None
+        if not ggml_type:
+            clash = "--pure without --type"
+        if clash:
+            raise UsageError(
+                f"{clash} with --type in quant report: --type compares ggml types on the "
+                "tensors llama-quantize quantizes; drop one of them"
+                if ggml_type
+                else f"{clash} in quant report: --pure applies to --type; add --type"
+            )
     if against is not None:
         given = [name for name, value in sweep_options.items() if value not in (None, [])]
         if given:
@@ -322,11 +357,15 @@ def _histogram(input, tensor, configs, format, scale, fail_below_sqnr) -> None:
         )
 
 
-def _measure(input, against, configs, include, exclude, min_elements, nonfinite):
+def _measure(input, against, mixes, configs, include, exclude, min_elements, nonfinite):
     from quantcli.cli.render import progress_bar
     from quantcli.ops import report as ops
 
     with progress_bar("measuring", enabled=True) as advance:
+        if mixes:
+            from quantcli.ops.gguf_report import sweep_types
+
+            return sweep_types(input, mixes, include, exclude, True, advance)
         if against is not None:
             return ops.against(input, against, include, exclude, advance)
         return ops.sweep(input, configs, include, exclude, min_elements, nonfinite, advance)

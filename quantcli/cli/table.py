@@ -45,12 +45,19 @@ class Column:
     """One column. header: its title (``\\n`` for two lines); align: ``left`` or ``right``;
     drop: 0 to always show it, else its rank among the columns left out when the table is too
     wide (the highest first; on a tie, the rightmost first); name: a column of names, shortened
-    in the middle to fit instead of being left out."""
+    in the middle to fit instead of being left out; clip: a column of prose (descriptions),
+    cut at the end with ``…`` to fit instead of being left out. A table has at most one column
+    that is a name or clipped column."""
 
     header: str
     align: str = "left"
     drop: int = 0
     name: bool = False
+    clip: bool = False
+
+    @property
+    def shrinks(self) -> bool:
+        return self.name or self.clip
 
     @property
     def title(self) -> str:
@@ -145,12 +152,14 @@ def fit(
         natural.append(max([cell_len(line) for line in col.header.split("\n")] + cells))
     # columns with nothing to show are not shown (and not reported as left out)
     present = [
-        i for i, col in enumerate(columns) if col.name or any(_text(row[i]).plain for row in rows)
+        i
+        for i, col in enumerate(columns)
+        if col.shrinks or any(_text(row[i]).plain for row in rows)
     ]
     droppable = sorted(
         (i for i in present if columns[i].drop > 0), key=lambda i: (-columns[i].drop, -i)
     )
-    name_col = next((i for i in present if columns[i].name), None)
+    name_col = next((i for i in present if columns[i].shrinks), None)
     for n_drop in range(len(droppable) + 1):
         hidden = set(droppable[:n_drop])
         shown = [i for i in present if i not in hidden]
@@ -214,6 +223,8 @@ def table_lines(
             text = _text(row[i])
             if col.name and cell_len(text.plain) > w:
                 text = Text(shorten(text.plain, w), style=text.style)
+            elif col.clip and cell_len(text.plain) > w:
+                text.truncate(w, overflow="ellipsis")
             out.append(text)
         return out
 
@@ -243,15 +254,18 @@ def fit_note(columns: Sequence[Column], layout: Layout, width: int, hint: str) -
     names were shortened; ``hint`` says where the whole data is (``use --json``)."""
     hidden = [columns[i].title for i in layout.hidden]
     advice = f"(widen the terminal, or {hint})" if hint else "(widen the terminal)"
+    clipped = any(columns[i].clip for i in layout.shown)
+    cut = (
+        f"{columns[next(i for i in layout.shown if columns[i].clip)].title} cut at the end"
+        if clipped
+        else "names shortened in the middle"
+    )
     if hidden and layout.shortened:
-        return (
-            f"Not shown at {width} columns: {', '.join(hidden)}; names shortened in the "
-            f"middle {advice}."
-        )
+        return f"Not shown at {width} columns: {', '.join(hidden)}; {cut} {advice}."
     if hidden:
         return f"Not shown at {width} columns: {', '.join(hidden)} {advice}."
     if layout.shortened:
-        return f"Names shortened in the middle at {width} columns {advice}."
+        return f"{cut[0].upper()}{cut[1:]} at {width} columns {advice}."
     return None
 
 

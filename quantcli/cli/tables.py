@@ -277,12 +277,12 @@ def inspect_table(result: InspectResult) -> None:
     console = out_console()
     console.print(Text(printable(f"{result.file}: {kind}{result.format}")))
     render(console, columns, rows, footer, hint="use --json")
-    _metadata_lines(console, "metadata", result.metadata)
+    metadata_lines(console, "metadata", result.metadata)
     if result.source_metadata:
-        _metadata_lines(console, "source metadata (restored by decompress)", result.source_metadata)
+        metadata_lines(console, "source metadata (restored by decompress)", result.source_metadata)
 
 
-def _metadata_lines(console: Console, heading: str, metadata: dict[str, str]) -> None:
+def metadata_lines(console: Console, heading: str, metadata: dict[str, str]) -> None:
     """``heading:`` then up to METADATA_LINES ``key: value`` lines, each cut to the width."""
     if not metadata:
         return

@@ -558,7 +558,8 @@ class GGUFReader(TensorSource):
     BF16, F64 and I8..I64 tensors are read as arrays of their dtype, with no copy. Quantized
     tensors (Q4_K, Q8_0, ...) are listed as their stored bytes, uint8 of shape
     ``shape[:-1] + (row bytes,)``; ``read_blocks`` returns those bytes with their ggml type,
-    and ``read`` refuses them until quant decodes ggml blocks.
+    ``read_float32`` decodes them (``DecodedGGUF`` is the file seen that way), and ``read``
+    refuses them: a quantized tensor is not a weight to quantize again.
 
     ``fields`` holds the typed metadata (to copy it exactly), ``metadata`` the same as one line
     of text per key (long arrays, such as a tokenizer's vocabulary, shown as a count).
@@ -635,12 +636,32 @@ class GGUFReader(TensorSource):
         tensor = self.tensor(name)
         if tensor.ggml_type.quantized:
             raise FormatError(
-                f"unsupported tensor type in {self.label} (tensor {name!r}): it is stored as "
-                f"{tensor.ggml_type.name} blocks, which quant does not decode yet, and quant "
-                f"reads only {_FLOAT_TYPES} weights from GGUF; use the model's F16 or F32 GGUF "
-                "(llama.cpp's convert_hf_to_gguf.py --outtype f16 makes one)"
+                f"already quantized tensor in {self.label} (tensor {name!r}): it is stored as "
+                f"{tensor.ggml_type.name} blocks, and quant quantizes {_FLOAT_TYPES} weights; "
+                "quantize the model's F16 or F32 GGUF (llama.cpp's convert_hf_to_gguf.py "
+                "--outtype f16 makes one), or restore this one with quant decompress"
             )
         return self._array(tensor, tensor.ggml_type.dtype, tensor.shape)
+
+    def read_float32(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as float32 of its NumPy shape: quantized blocks decoded with
+        quant's ggml codecs (what llama.cpp's dequantizers give), float types converted.
+
+        FormatError for a ggml type quant has no decoder for, or an integer tensor.
+        """
+        tensor = self.tensor(name)
+        kind = tensor.ggml_type
+        if not kind.quantized:
+            if kind.dtype.kind != "f" and kind.name != "BF16":
+                raise FormatError(
+                    f"integer tensor in {self.label} (tensor {name!r}): it is {kind.name}, "
+                    "not a weight quant can restore as floats; leave it out with --exclude"
+                )
+            return np.asarray(self.read(name), np.float32)
+        codec = ggml_codec(kind, name, self.label)
+        blocks = self.read_blocks(name).blocks
+        row = tensor.shape[-1] if tensor.shape else 1
+        return codec.decode(blocks, row, name).reshape(tensor.shape)
 
     def read_blocks(self, name: str) -> RawBlocks:
         """The stored bytes of tensor ``name`` (of any type), read-only and not copied."""
@@ -660,6 +681,45 @@ class GGUFReader(TensorSource):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def ggml_codec(kind: GGMLType, name: str, label: str):
+    """quant's codec for ggml type ``kind`` (``quantcli.core.ggml.GGML_TYPES``); FormatError
+    naming the tensor when quant has none."""
+    from quantcli.core.ggml import GGML_TYPES as CODECS
+
+    codec = CODECS.get(kind.name)
+    if codec is None:
+        raise FormatError(
+            f"unsupported tensor type in {label} (tensor {name!r}): quant has no decoder for "
+            f"{kind.name} blocks (it decodes {', '.join(CODECS)}); use a file quantized with "
+            "one of those types, or the model's F16 GGUF"
+        )
+    return codec
+
+
+class DecodedGGUF(TensorSource):
+    """A GGUF file as float tensors: every quantized tensor listed as float32 of its NumPy
+    shape and read decoded (``GGUFReader.read_float32``); other tensors as they are stored.
+    The reader stays owned by the caller (``close`` does not close it)."""
+
+    def __init__(self, reader: GGUFReader) -> None:
+        self.reader = reader
+        self.label = reader.label
+        self.metadata = reader.metadata
+        self._infos = [
+            TensorInfo(t.name, np.dtype(np.float32), t.shape) if t.ggml_type.quantized else _info(t)
+            for t in reader.tensors()
+        ]
+
+    def infos(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def read(self, name: str) -> np.ndarray:
+        tensor = self.reader.tensor(name)
+        if tensor.ggml_type.quantized:
+            return self.reader.read_float32(name)
+        return self.reader.read(name)
 
 
 def _info(tensor: GGUFTensor) -> TensorInfo:

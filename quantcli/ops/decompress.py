@@ -3,9 +3,10 @@
 Every tensor comes back under its original name and shape; quantized tensors in their
 original dtype (or the one asked for), kept tensors bit-identical. The output format follows
 the output name: ``.npy`` (one tensor), ``.npz``, else safetensors; a sharded quantized
-checkpoint restores to a sharded folder. A model folder (quant's format or compressed-tensors,
-as written by quant or by llm-compressor) restores to a float model folder: config.json
-without its quantization_config, the other files carried over.
+checkpoint restores to a sharded folder. A quantized GGUF file restores to an F32 GGUF file,
+safetensors or npz (``quantcli.ops.gguf_decompress``). A model folder (quant's format or
+compressed-tensors, as written by quant or by llm-compressor) restores to a float model
+folder: config.json without its quantization_config, the other files carried over.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import numpy as np
 
 from quantcli.errors import UsageError
 from quantcli.io.detect import open_input
+from quantcli.io.gguf_file import GGUFReader
 from quantcli.io.model_folder import write_model_folder
 from quantcli.io.numpy_files import write_npy, write_npz
 from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
+from quantcli.ops.gguf_decompress import decompress_gguf
 from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
 from quantcli.ops.sources import (
     QuantizedCheckpoint,
@@ -68,6 +71,10 @@ def decompress(
     if dtype not in DTYPE_CHOICES:
         raise UsageError(f"unknown dtype {dtype!r} in --dtype: choose one of {DTYPE_CHOICES}")
     with open_input(input) as source:
+        if isinstance(source, GGUFReader):
+            result = DecompressResult(input=source.label, output="", format="gguf")
+            decompress_gguf(input, source, output, dtype, force, result, progress)
+            return result
         checkpoint = open_quantized(input, source, "decompress")
         entries = checkpoint.entries
         restorer = _Restorer(source, checkpoint, None if dtype == "original" else _DTYPES[dtype])

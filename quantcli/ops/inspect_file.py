@@ -4,9 +4,10 @@ For a quantized file, each logical tensor is listed once with its spec, its orig
 and shape, and the bytes it takes (codes plus scales plus zero points); the stored arrays are
 checked against the metadata first, and the codes against the spec's range. A
 compressed-tensors model folder (config.json with its quantization_config beside the
-weights) is listed the same way, one row per quantized Linear weight. The metadata the input had
-(``quant.source_metadata``, restored by decompress) is given apart. Tensors are listed in
-natural name order (``layers.2`` before ``layers.10``).
+weights) is listed the same way, one row per quantized Linear weight. A GGUF file lists each
+tensor with its ggml type (F16, Q4_K, ...), NumPy shape, stored bytes and bits per weight.
+The metadata the input had (``quant.source_metadata``, restored by decompress) is given
+apart. Tensors are listed in natural name order (``layers.2`` before ``layers.10``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from quantcli.core.spec import QuantSpec
 from quantcli.io import compressed_tensors as ct
 from quantcli.io.detect import open_input
+from quantcli.io.gguf_file import GGUFReader
 from quantcli.io.quantized_format import (
     KEY_SOURCE_METADATA,
     KEY_TENSORS,
@@ -35,6 +37,15 @@ class InspectedTensor:
     shape: tuple[int, ...]
     bytes: int
     spec: QuantSpec | None = None
+    ggml_type: str | None = None  # GGUF files: the tensor's ggml type
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.bytes / self.elements if self.elements else 0.0
 
 
 @dataclass
@@ -49,14 +60,23 @@ class InspectResult:
     metadata: dict[str, str]
     tensors: list[InspectedTensor] = field(default_factory=list)
     source_metadata: dict[str, str] | None = None
+    ggml: bool = False  # a GGUF file: tensors carry their ggml type
 
     @property
     def total_bytes(self) -> int:
         return sum(t.bytes for t in self.tensors)
 
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits per weight over every tensor of the file, as llama.cpp's BPW."""
+        n = sum(t.elements for t in self.tensors)
+        return 8.0 * self.total_bytes / n if n else 0.0
+
 
 def inspect_file(input: str) -> InspectResult:
     with open_input(input) as source:
+        if isinstance(source, GGUFReader):
+            return _inspect_gguf(source)
         quantized = is_quantized(source.metadata)
         if not quantized:
             config = model_config_of(input, source)
@@ -97,3 +117,16 @@ def inspect_file(input: str) -> InspectResult:
                 )
         result.tensors.sort(key=lambda t: natural_key(t.name))
         return result
+
+
+def _inspect_gguf(source: GGUFReader) -> InspectResult:
+    tensors = source.tensors()
+    quantized = any(t.ggml_type.quantized for t in tensors)
+    result = InspectResult(source.label, "gguf", quantized, dict(source.metadata), ggml=True)
+    for t in tensors:
+        kind = t.ggml_type
+        # a quantized tensor reads as float32 once decoded (quant decompress)
+        dtype = np.dtype(np.float32) if kind.quantized else kind.dtype
+        result.tensors.append(InspectedTensor(t.name, dtype, t.shape, t.nbytes, None, kind.name))
+    result.tensors.sort(key=lambda t: natural_key(t.name))
+    return result

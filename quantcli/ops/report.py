@@ -33,6 +33,7 @@ from quantcli.core.search.refine import searches_for
 from quantcli.core.spec import SCHEME_ALIASES, QuantSpec
 from quantcli.errors import InputError, QualityGateError, UsageError
 from quantcli.io.detect import open_input
+from quantcli.io.gguf_file import GGUFReader
 from quantcli.io.numpy_files import NpyReader
 from quantcli.io.quantized_format import QuantizedEntry
 from quantcli.io.source import TensorInfo, TensorSource
@@ -472,6 +473,10 @@ def against(
     is not enough to recover it), so clipped_fraction and mse_unclipped are None there.
     """
     with open_input(quantized) as qsource, open_input(input) as source:
+        if isinstance(qsource, GGUFReader):  # a quantized GGUF: decoded with ggml codecs
+            from quantcli.ops.gguf_report import against_gguf
+
+            return against_gguf(source, qsource, include, exclude, progress)
         checkpoint = open_quantized(quantized, qsource, "report --against")
         entries = checkpoint.entries
         qinfos = {i.name: i for i in qsource.infos()}

@@ -1,0 +1,75 @@
+"""The GGUF path of ``quant compress`` (``--type`` or ``-o x.gguf``): checks the options,
+calls ``quantcli.ops.gguf_compress`` and renders its error report."""
+
+from __future__ import annotations
+
+import typer
+
+from quantcli.errors import UsageError
+
+# options of quant's own formats, which ggml types fix: refused with a GGUF output when given
+_SPEC_OPTIONS = {
+    "scheme": "--scheme",
+    "bits": "--bits",
+    "granularity": "--granularity",
+    "axis": "--axis",
+    "group_size": "--group-size",
+    "calibration": "--calibration",
+    "percentile": "--percentile",
+    "scale_dtype": "--scale-dtype",
+    "format": "--format",
+    "include": "--include",
+    "min_elements": "--min-elements",
+    "nonfinite": "--nonfinite",
+    "search": "--search",
+}
+
+
+def compress_to_gguf(
+    ctx: typer.Context,
+    input: str,
+    output: str | None,
+    ggml_type: str | None,
+    pure: bool,
+    no_fallback: bool,
+    exclude: list[str] | None,
+    force: bool,
+    json: bool,
+    quiet: bool,
+) -> None:
+    from quantcli.cli.gguf_tables import gguf_compress_json, gguf_compress_table
+    from quantcli.cli.render import print_json, progress_bar
+    from quantcli.core.ggml.mixes import resolve_type
+    from quantcli.ops.gguf_compress import compress_gguf
+
+    given = [
+        flag
+        for name, flag in _SPEC_OPTIONS.items()
+        if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")
+    ]
+    if given:
+        raise UsageError(
+            f"{given[0]} with a GGUF output in quant compress: ggml types fix the number "
+            f"format, block and scales, and llama.cpp's rules choose the tensors; drop "
+            f"{given[0]} (--exclude keeps tensors as they are)"
+        )
+    if ggml_type is None:
+        raise UsageError(
+            f"no --type for the GGUF output {output} in quant compress: name a llama-quantize "
+            "mix or a ggml type, e.g. --type Q4_K_M ('quant formats' lists them)"
+        )
+    if output is not None and output != "-" and not output.lower().endswith(".gguf"):
+        raise UsageError(
+            f"--type with a non-GGUF output in {output}: --type writes a GGUF file and the "
+            "output's extension chooses the container; name the output *.gguf, or drop "
+            "--type for quant's own format"
+        )
+    mix = resolve_type(ggml_type, pure)
+    with progress_bar("quantizing", enabled=not quiet) as advance:
+        result = compress_gguf(
+            input, output, mix, not no_fallback, tuple(exclude or ()), force, advance
+        )
+    if json:
+        print_json(gguf_compress_json(result))
+    if not quiet:
+        gguf_compress_table(result)
