@@ -23,6 +23,7 @@ from quantcli.cli.options import (
     Scheme,
     check_percentile,
 )
+from quantcli.cli.plan import Rules
 from quantcli.errors import UsageError
 
 
@@ -131,6 +132,8 @@ def compress(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No report table and no progress bar.")
     ] = False,
+    # mixed specs (quantcli/cli/plan.py, docs/MIX.md)
+    rule: Rules = None,
 ) -> None:
     """Quantize INPUT and write the codes, scales and zero points as a safetensors file.
 
@@ -144,11 +147,15 @@ def compress(
     Example: quant compress model.safetensors --scheme zeropoint --bits 4 --granularity group
 
     Example: quant compress my-model/ -o my-model-w4 --bits 4 --granularity group
+
+    Example: quant compress model.safetensors --bits 4 --granularity group --rule
+    '*embed*=int8' --rule 'lm_head=keep'
     """
     from quantcli.cli.render import print_json, progress_bar
     from quantcli.cli.tables import compress_json, compress_table
     from quantcli.core.spec import QuantSpec
     from quantcli.ops.compress import compress as run_compress
+    from quantcli.ops.plan import make_plan
     from quantcli.select import Selector
 
     # stdin input writes to stdout by default
@@ -158,22 +165,23 @@ def compress(
             "compress: both would use standard output; write the quantized file to a path with -o, "
             "or drop --json"
         )
-    spec = QuantSpec(
-        scheme=scheme.value,
-        bits=bits,
-        granularity=granularity and granularity.value,
-        axis=axis,
-        group_size=group_size,
-        calibration=calibration.value,
-        percentile=percentile,
-        scale_dtype=scale_dtype and scale_dtype.value,
-    )
-    selector = Selector(spec, tuple(include or ()), tuple(exclude or ()), min_elements)
+    base = {
+        "scheme": scheme.value,
+        "bits": bits,
+        "granularity": granularity and granularity.value,
+        "axis": axis,
+        "group_size": group_size,
+        "calibration": calibration.value,
+        "percentile": percentile,
+        "scale_dtype": scale_dtype and scale_dtype.value,
+    }
+    selector = Selector(QuantSpec(**base), tuple(include or ()), tuple(exclude or ()), min_elements)
+    the_plan = make_plan(selector, base, rule or ())
     with progress_bar("quantizing", enabled=not quiet) as advance:
         result = run_compress(
             input,
             output,
-            selector,
+            the_plan,
             nonfinite.value,
             force,
             advance,

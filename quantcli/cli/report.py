@@ -26,6 +26,7 @@ from quantcli.cli.options import (
     Scheme,
     check_percentile,
 )
+from quantcli.cli.plan import Rules
 from quantcli.cli.render import fmt_metric, human_bytes
 from quantcli.errors import UsageError
 
@@ -197,6 +198,8 @@ def report(
             show_default=False,
         ),
     ] = None,
+    # mixed specs (quantcli/cli/plan.py, docs/MIX.md): in every configuration of the sweep
+    rule: Rules = None,
 ) -> None:
     """Compare quantization schemes on INPUT: error, SQNR, clipping, bits per weight, size.
 
@@ -222,6 +225,7 @@ def report(
         "--scale-dtype": scale_dtype,
         "--min-elements": min_elements,
         "--nonfinite": nonfinite,
+        "--rule": rule,
     }
     if against is not None:
         given = [name for name, value in sweep_options.items() if value not in (None, [])]
@@ -235,6 +239,11 @@ def report(
                 "--hist with --against in quant report: the histogram marks configurations "
                 "of a sweep; drop --against and give the file's --scheme, --bits, ..."
             )
+    if hist is not None and rule:
+        raise UsageError(
+            "--rule with --hist in quant report: the histogram compares the configurations "
+            "on one tensor; give that tensor's spec with --scheme, --bits, ... instead"
+        )
     if hist is not None and format in (ReportFormat.csv, ReportFormat.markdown):
         raise UsageError(
             f"--hist with --format {format.value} in quant report: a histogram prints as a "
@@ -285,6 +294,7 @@ def report(
                 DEFAULT_MIN_ELEMENTS if min_elements is None else min_elements,
                 nonfinite.value if nonfinite is not None else "error",
                 advance,
+                rule or (),
             )
     results = ops.sort_rows(result.results, metric)
     summary = ops.sort_rows(result.summary, metric)
