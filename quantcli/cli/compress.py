@@ -23,7 +23,16 @@ from quantcli.cli.options import (
     Scheme,
     check_percentile,
 )
-from quantcli.cli.plan import Rules
+from quantcli.cli.plan import (
+    Candidates,
+    DryRun,
+    Importance,
+    MaxSize,
+    MinSqnr,
+    ObjectiveOption,
+    Rules,
+    TargetBpw,
+)
 from quantcli.errors import UsageError
 
 
@@ -132,8 +141,15 @@ def compress(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No report table and no progress bar.")
     ] = False,
-    # mixed specs (quantcli/cli/plan.py, docs/MIX.md)
+    # mixed specs: rules and budgets (quantcli/cli/plan.py, docs/MIX.md)
     rule: Rules = None,
+    target_bpw: TargetBpw = None,
+    max_size: MaxSize = None,
+    min_sqnr: MinSqnr = None,
+    objective: ObjectiveOption = None,
+    importance: Importance = None,
+    candidate: Candidates = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Quantize INPUT and write the codes, scales and zero points as a safetensors file.
 
@@ -150,16 +166,18 @@ def compress(
 
     Example: quant compress model.safetensors --bits 4 --granularity group --rule
     '*embed*=int8' --rule 'lm_head=keep'
+
+    Example: quant compress model.safetensors --target-bpw 4.5 --dry-run
     """
+    from quantcli.cli.plan import prepare_plan
     from quantcli.cli.render import print_json, progress_bar
     from quantcli.cli.tables import compress_json, compress_table
     from quantcli.core.spec import QuantSpec
     from quantcli.ops.compress import compress as run_compress
-    from quantcli.ops.plan import make_plan
     from quantcli.select import Selector
 
     # stdin input writes to stdout by default
-    if json and (output == "-" or (output is None and input == "-")):
+    if json and not dry_run and (output == "-" or (output is None and input == "-")):
         raise UsageError(
             "--json with the output on stdout (-o -, the default for input -) in quant "
             "compress: both would use standard output; write the quantized file to a path with -o, "
@@ -176,7 +194,25 @@ def compress(
         "scale_dtype": scale_dtype and scale_dtype.value,
     }
     selector = Selector(QuantSpec(**base), tuple(include or ()), tuple(exclude or ()), min_elements)
-    the_plan = make_plan(selector, base, rule or ())
+    the_plan = prepare_plan(
+        input,
+        selector,
+        base,
+        rules=rule,
+        target_bpw=target_bpw,
+        max_size=max_size,
+        min_sqnr=min_sqnr,
+        objective=objective,
+        importance=importance,
+        candidates=candidate,
+        dry_run=dry_run,
+        format=None if format is None else format.value,
+        nonfinite=nonfinite.value,
+        quiet=quiet,
+        json=json,
+    )
+    if the_plan is None:  # --dry-run: the plan is printed, nothing is written
+        return
     with progress_bar("quantizing", enabled=not quiet) as advance:
         result = run_compress(
             input,

@@ -36,7 +36,7 @@ from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
-from quantcli.ops.plan import Plan
+from quantcli.ops.plan import Budget, Plan, PlanResult, measure
 from quantcli.ops.sources import file_metadata, format_of, model_folder_of
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
 from quantcli.select import Selection, Selector
@@ -97,11 +97,14 @@ FORMAT_CHOICES = ("compressed-tensors", "quant")
 
 def default_output(input: str, selector: Selector | Plan, sharded: bool) -> str:
     """``dir/model.safetensors`` -> ``dir/model.absmax-int8.safetensors``; a sharded
-    checkpoint folder or a model folder ``ckpt`` -> the folder ``ckpt.absmax-int8`` beside it."""
+    checkpoint folder or a model folder ``ckpt`` -> the folder ``ckpt.absmax-int8`` beside it.
+    A plan that assigns specs tensor by tensor (a budget, a plan file) names it ``mix``."""
     if is_stdio(input):
         return "-"
     spec = selector.spec
     tag = f"{spec.scheme}-{'int' if spec.signed else 'uint'}{spec.bits}"
+    if Plan.of(selector).assigned:
+        tag = "mix"
     path = Path(input)
     if sharded:
         # resolved: "." or an index in the current folder has no name to derive one from
@@ -110,6 +113,47 @@ def default_output(input: str, selector: Selector | Plan, sharded: bool) -> str:
     if path.is_dir():  # a folder holding one weight file (".", "..")
         path = path.resolve()
     return str(path.with_name(f"{strip_suffixes(path)}.{tag}.safetensors"))
+
+
+def _output_kind(
+    input: str, source: TensorSource, format: str | None
+) -> tuple[ModelFolder | None, str, _CTContainer | None]:
+    """The model folder of ``input`` (or None), the output format, and its container."""
+    if format is not None and format not in FORMAT_CHOICES:
+        raise UsageError(
+            f"unknown format {format!r} in --format: choose one of {', '.join(FORMAT_CHOICES)}"
+        )
+    folder = model_folder_of(input, source)
+    if format is None:
+        format = "compressed-tensors" if folder is not None else "quant"
+    if format == "compressed-tensors" and folder is None:
+        raise UsageError(
+            f"no model folder in {input}: --format compressed-tensors writes a model folder "
+            "and needs one as input (config.json beside the weights); pass the model's "
+            "folder, or use --format quant"
+        )
+    if folder is not None:
+        _check_not_quantized(folder)
+    container = _CTContainer(folder.config) if format == "compressed-tensors" else None
+    return folder, format, container
+
+
+def plan_compress(
+    input: str,
+    plan: Plan,
+    budget: Budget | None = None,
+    format: str | None = None,
+    nonfinite: str = "error",
+    progress: ProgressFn | None = None,
+) -> PlanResult:
+    """Measure ``plan`` on ``input`` as compress would write it (same format, same container)
+    and, with a budget, allocate it; writes nothing (``quantcli.ops.plan.measure``)."""
+    with open_input(input) as source:
+        _, _, container = _output_kind(input, source, format)
+        single = isinstance(source, NpyReader)
+        if single:
+            _check_single(source.infos()[0], source.label)
+        return measure(source, plan, budget, container, nonfinite, progress, single)
 
 
 def compress(
@@ -124,36 +168,20 @@ def compress(
     """Quantize ``input`` into ``output`` (a path, ``-`` for stdout, None for the default).
 
     selector: which tensors, with which spec: a Selector (one spec for all), or a Plan
-    (``--rule``s: ``quantcli.ops.plan``).
+    (rules, or a spec per tensor: ``quantcli.ops.plan``).
     format: ``compressed-tensors`` (a model folder that transformers and vLLM load),
     ``quant`` (quant's own format), or None: compressed-tensors for a model folder (a folder
     holding config.json), quant otherwise.
     """
-    if format is not None and format not in FORMAT_CHOICES:
-        raise UsageError(
-            f"unknown format {format!r} in --format: choose one of {', '.join(FORMAT_CHOICES)}"
-        )
     plan = Plan.of(selector)
     with open_input(input) as source:
-        folder = model_folder_of(input, source)
-        if format is None:
-            format = "compressed-tensors" if folder is not None else "quant"
-        if format == "compressed-tensors" and folder is None:
-            raise UsageError(
-                f"no model folder in {input}: --format compressed-tensors writes a model folder "
-                "and needs one as input (config.json beside the weights); pass the model's "
-                "folder, or use --format quant"
-            )
+        folder, format, container = _output_kind(input, source, format)
         sharded = isinstance(source, ShardedReader)
         output = output or default_output(input, plan, sharded or folder is not None)
         result = CompressResult(input=source.label, output=output, format=format)
         if folder is not None:
-            _check_not_quantized(folder)
             result.carried, result.skipped = list(folder.carried), list(folder.skipped)
-        if format == "compressed-tensors":
-            plans = _plan(source, plan, nonfinite, container=_CTContainer(folder.config))
-        else:
-            plans = _plan(source, plan, nonfinite)
+        plans = _plan(source, plan, nonfinite, container)
         total = sum(info.size for info in source.infos())
 
         def shard_writer(shard: _ShardPlan):
