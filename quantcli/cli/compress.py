@@ -30,6 +30,8 @@ from quantcli.cli.plan import (
     MaxSize,
     MinSqnr,
     ObjectiveOption,
+    PlanFile,
+    PlanOut,
     Rules,
     TargetBpw,
 )
@@ -141,7 +143,7 @@ def compress(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No report table and no progress bar.")
     ] = False,
-    # mixed specs: rules and budgets (quantcli/cli/plan.py, docs/MIX.md)
+    # mixed specs: rules, budgets and plan files (quantcli/cli/plan.py, docs/MIX.md)
     rule: Rules = None,
     target_bpw: TargetBpw = None,
     max_size: MaxSize = None,
@@ -149,6 +151,8 @@ def compress(
     objective: ObjectiveOption = None,
     importance: Importance = None,
     candidate: Candidates = None,
+    plan: PlanFile = None,
+    plan_out: PlanOut = None,
     dry_run: DryRun = False,
 ) -> None:
     """Quantize INPUT and write the codes, scales and zero points as a safetensors file.
@@ -196,6 +200,7 @@ def compress(
     selector = Selector(QuantSpec(**base), tuple(include or ()), tuple(exclude or ()), min_elements)
     the_plan = prepare_plan(
         input,
+        output,
         selector,
         base,
         rules=rule,
@@ -205,9 +210,12 @@ def compress(
         objective=objective,
         importance=importance,
         candidates=candidate,
+        plan_file=plan,
+        plan_out=plan_out,
         dry_run=dry_run,
         format=None if format is None else format.value,
         nonfinite=nonfinite.value,
+        force=force,
         quiet=quiet,
         json=json,
     )

@@ -1,4 +1,4 @@
-"""The options of mixed specs (rules, budgets) and the plan table (docs/MIX.md).
+"""The options of mixed specs (rules, budgets, plan files) and the plan table (docs/MIX.md).
 
 compress takes every option here, report takes ``--rule``; the decisions themselves live in
 ``quantcli.ops.plan``.
@@ -102,6 +102,25 @@ Candidates = Annotated[
         show_default=False,
     ),
 ]
+PlanFile = Annotated[
+    str | None,
+    typer.Option(
+        "--plan",
+        metavar="PLAN",
+        help="Quantize each tensor as the plan file PLAN says (written by --plan-out, "
+        "perhaps edited).",
+        show_default=False,
+    ),
+]
+PlanOut = Annotated[
+    str | None,
+    typer.Option(
+        "--plan-out",
+        metavar="PLAN",
+        help="Write the plan (each tensor's spec, size and error) as JSON to PLAN.",
+        show_default=False,
+    ),
+]
 DryRun = Annotated[
     bool,
     typer.Option(
@@ -114,6 +133,7 @@ DryRun = Annotated[
 
 def prepare_plan(
     input: str,
+    output: str | None,
     selector: Selector,
     base: dict[str, Any],
     *,
@@ -124,19 +144,22 @@ def prepare_plan(
     objective: Objective | None,
     importance: list[str] | None,
     candidates: list[str] | None,
+    plan_file: str | None,
+    plan_out: str | None,
     dry_run: bool,
     format: str | None,
     nonfinite: str,
+    force: bool,
     quiet: bool,
     json: bool,
 ) -> Plan | None:
-    """The plan compress writes with, measured (and allocated) first when a budget or
-    ``--dry-run`` asks for it; None when ``--dry-run`` printed it."""
+    """The plan compress writes with, measured (and allocated) first when a budget,
+    ``--dry-run`` or ``--plan-out`` asks for it; None when ``--dry-run`` printed it."""
     from quantcli.cli.render import print_json, progress_bar
     from quantcli.ops import plan as ops
     from quantcli.ops.compress import plan_compress
 
-    plan = ops.make_plan(selector, base, rules or ())
+    plan = ops.make_plan(selector, base, rules or (), plan_file)
     budget = ops.make_budget(
         target_bpw,
         max_size,
@@ -144,16 +167,24 @@ def prepare_plan(
         objective.value if objective is not None else None,
         importance or (),
         candidates or (),
+        plan_file,
     )
-    if budget is None and not dry_run:
+    if budget is None and not dry_run and plan_out is None:
         return plan
+    if plan_out is not None and output is not None and not dry_run and _same(plan_out, output):
+        raise UsageError(
+            f"--plan-out {plan_out} is the output in quant compress: the weights would replace "
+            "the plan; give the plan another name"
+        )
     if input == "-" and not dry_run:
         raise UsageError(
-            "a budget with standard input in quant compress: the input is read twice "
-            "(measured, then written); pass a file path, or use --dry-run"
+            "a budget or --plan-out with standard input in quant compress: the input is read "
+            "twice (measured, then written); pass a file path, or use --dry-run"
         )
     with progress_bar("measuring", enabled=not quiet) as advance:
         result = plan_compress(input, plan, budget, format, nonfinite, advance)
+    if plan_out is not None:
+        ops.save_plan(result, plan_out, [input] if input != "-" else [], force)
     if dry_run:
         if json:
             print_json(ops.plan_json(result))
@@ -163,6 +194,12 @@ def prepare_plan(
     if budget is not None and not quiet:
         err_console().print(summary_line(result), markup=False, highlight=False)
     return result.plan
+
+
+def _same(a: str, b: str) -> bool:
+    import os
+
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def summary_line(result: PlanResult) -> str:

@@ -3,8 +3,8 @@
 compress and report consume a ``Plan``. Like ``quantcli.select.Selector`` it answers, tensor
 by tensor, "quantized with which spec, or kept and why"; the spec comes from, in this order:
 
-1. an assignment: the allocation of a budget (``--target-bpw``, ``--max-size``,
-   ``--min-sqnr``);
+1. an assignment: a plan file (``--plan``) or the allocation of a budget (``--target-bpw``,
+   ``--max-size``, ``--min-sqnr``);
 2. the first ``--rule`` whose pattern names the tensor (first match wins; ``keep`` keeps it);
 3. the command's own spec options, the default.
 
@@ -30,6 +30,7 @@ stores (codes, scales, zero points, tensor scales), computed from the shapes.
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -291,13 +292,15 @@ class Plan:
         base: Mapping[str, Any] | None = None,
         assigned: Mapping[str, Assigned] | None = None,
         label: str = "",
+        shapes: Mapping[str, tuple[int, ...]] | None = None,
     ) -> None:
         self.selector = selector
         self.base = dict(base) if base is not None else selector.spec.to_dict()
         self.rules = tuple(rules)
         self.rule_specs = [rule.spec.resolve(self.base, rule.where) for rule in self.rules]
         self.assigned = dict(assigned or {})
-        self.label = label  # what assigned it, for messages: "--target-bpw 4.5"
+        self.label = label  # what assigned it, for messages: "plan.json", "--target-bpw 4.5"
+        self.shapes = dict(shapes or {})  # name -> the shape a plan file recorded
 
     @classmethod
     def of(cls, selector: Selector | Plan) -> Plan:
@@ -358,6 +361,13 @@ class Plan:
                     f"name ({_examples(names)}); make the plan from this file, or fix the name"
                 )
             info, sel = names[name]
+            shape = self.shapes.get(name)
+            if shape is not None and tuple(shape) != tuple(info.shape):
+                raise UsageError(
+                    f"tensor {name} in {self.label} has shape {list(shape)} but {label} holds "
+                    f"{list(info.shape)}: the plan was made for another file; make it again "
+                    "from this one"
+                )
             base = self.selector.choose(name, info.dtype, info.shape, single)
             if not base.quantized:
                 raise UsageError(
@@ -432,10 +442,21 @@ def fit(spec: QuantSpec, shape: tuple[int, ...]) -> QuantSpec:
 
 
 def make_plan(
-    selector: Selector, base: Mapping[str, Any] | None = None, rules: Sequence[str] = ()
+    selector: Selector,
+    base: Mapping[str, Any] | None = None,
+    rules: Sequence[str] = (),
+    plan_file: str | None = None,
 ) -> Plan:
-    """The plan of a command's options: its ``--rule`` texts."""
+    """The plan of a command's options: ``--rule`` texts, or a ``--plan`` file (not both)."""
     base = dict(base) if base is not None else selector.spec.to_dict()
+    if plan_file is not None:
+        if rules:
+            raise UsageError(
+                f"--rule with --plan {plan_file}: the plan file gives every tensor its spec; "
+                "edit the plan, or drop --plan"
+            )
+        assigned, shapes = load_plan(read_plan(plan_file), plan_file, base)
+        return Plan(selector, base=base, assigned=assigned, label=plan_file, shapes=shapes)
     return Plan(selector, [parse_rule(text) for text in rules], base)
 
 
@@ -446,9 +467,10 @@ def make_budget(
     objective: str | None = None,
     importance: Sequence[str] = (),
     candidates: Sequence[str] = (),
+    plan_file: str | None = None,
 ) -> Budget | None:
     """The budget of a command's options, or None when none is asked for. UsageError for
-    options that only a budget uses given without one."""
+    options that only a budget uses given without one, or a budget with ``--plan``."""
     asked = [
         name
         for name, value in (
@@ -467,6 +489,11 @@ def make_budget(
         )
         if value
     ]
+    if asked and plan_file is not None:
+        raise UsageError(
+            f"{asked[0]} with --plan {plan_file}: the plan file already gives every tensor its "
+            f"spec; drop {asked[0]}, or drop --plan to make a new plan"
+        )
     if not asked:
         if tuning:
             raise UsageError(
@@ -1206,12 +1233,15 @@ def _best_room(choice, bits, errors, fronts, left: int):
     return best
 
 
-# -- the plan as JSON ---------------------------------------------------------------------
+# -- plan files ----------------------------------------------------------------------------
 
 
 def plan_json(result: PlanResult) -> dict:
-    """The plan as a JSON document (``--dry-run --json``): each tensor's spec (``"keep"`` or
-    the QuantSpec fields), size and error, and the totals."""
+    """The plan as a JSON document (``--plan-out``; ``--plan`` reads it back).
+
+    Only ``tensors[*].tensor`` and ``tensors[*].spec`` are read back; the rest records what
+    the plan measured. ``spec`` is ``"keep"`` or the QuantSpec fields.
+    """
     budget = result.budget
     stats = result.stats
     return {
@@ -1253,3 +1283,119 @@ def plan_json(result: PlanResult) -> dict:
             for t in result.tensors
         ],
     }
+
+
+def dump_plan(result: PlanResult) -> bytes:
+    """The plan file's bytes: strict JSON (an infinite SQNR is written null), one line per
+    tensor so that the file reads, diffs and edits line by line."""
+    doc = _finite(plan_json(result))
+    tensors = doc.pop("tensors")
+    head = json.dumps(doc, indent=2, allow_nan=False)
+    lines = [json.dumps(t, allow_nan=False) for t in tensors]
+    body = ",\n".join("    " + line for line in lines)
+    tail = f',\n  "tensors": [\n{body}\n  ]\n}}\n' if lines else ',\n  "tensors": []\n}\n'
+    return (head[: head.rindex("}")].rstrip() + tail).encode()
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def save_plan(result: PlanResult, path: str, inputs: Sequence[str], force: bool) -> None:
+    """Write the plan file to ``path`` atomically; never over an input, nor over an existing
+    file without ``force``."""
+    from pathlib import Path
+
+    from quantcli.io.atomic import atomic_write
+    from quantcli.ops.outputs import check_output
+
+    check_output(Path(path), [Path(p) for p in inputs], force)
+    with atomic_write(Path(path), replace=force) as f:
+        f.write(dump_plan(result))
+
+
+def read_plan(path: str) -> bytes:
+    """The bytes of plan file ``path``; InputError when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise InputError(
+            f"cannot read plan file {path}: {exc.strerror or exc}; check the path given to --plan"
+        ) from None
+
+
+def load_plan(
+    data: bytes, label: str, base: Mapping[str, Any]
+) -> tuple[dict[str, Assigned], dict[str, tuple[int, ...]]]:
+    """Read a plan file: name -> Assigned, and name -> shape for the entries that give one.
+
+    ``spec`` may be ``"keep"``, the QuantSpec fields, or SPEC text as in ``--rule``
+    (``int4``, ``bits=6``: options on top of the command's spec options). UsageError with
+    the file and the tensor for anything else.
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"bad plan file {label}: not JSON ({exc}); pass a file written by --plan-out"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
+        raise UsageError(
+            f'bad plan file {label}: no "format": "{PLAN_FORMAT}" in it; pass a file '
+            "written by --plan-out"
+        )
+    if doc.get("version") != PLAN_VERSION:
+        raise UsageError(
+            f"unknown plan version {doc.get('version')!r} in {label}: this quant reads "
+            f"version {PLAN_VERSION}; make the plan again with --plan-out"
+        )
+    entries = doc.get("tensors")
+    if not isinstance(entries, list):
+        raise UsageError(f'bad plan file {label}: "tensors" is not a list; fix the file')
+    assigned: dict[str, Assigned] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for n, entry in enumerate(entries):
+        name = entry.get("tensor") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            raise UsageError(
+                f'bad plan entry {n} in {label}: no "tensor" name; each entry is '
+                '{"tensor": NAME, "spec": SPEC}'
+            )
+        if name in assigned:
+            raise UsageError(f"tensor {name} twice in {label}: give each tensor once")
+        where = f"tensor {name} of {label}"
+        spec = entry.get("spec")
+        if isinstance(spec, dict):
+            unknown = sorted(set(spec) - set(spec_fields()))
+            if unknown:
+                raise UsageError(
+                    f"unknown spec key {unknown[0]!r} in {where}: the keys are "
+                    f"{', '.join(spec_fields())}"
+                )
+            try:
+                resolved = QuantSpec(**spec)
+            except SpecError as exc:
+                raise SpecError(_in_context(str(exc), where)) from None
+            except TypeError as exc:
+                raise UsageError(f"bad spec in {where}: {exc}; fix the file") from None
+        elif isinstance(spec, str):
+            resolved = parse_spec(spec, where).resolve(base, where)
+        else:
+            raise UsageError(
+                f'bad spec {spec!r} in {where}: expected "keep", a spec such as "int4", or '
+                "an object of QuantSpec fields"
+            )
+        shape = entry.get("shape")
+        if shape is not None:
+            if not (isinstance(shape, list) and all(isinstance(d, int) for d in shape)):
+                raise UsageError(f"bad shape {shape!r} in {where}: expected a list of integers")
+            shapes[name] = tuple(shape)
+        assigned[name] = Assigned(resolved, label)
+    return assigned, shapes
