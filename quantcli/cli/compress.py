@@ -24,6 +24,18 @@ from quantcli.cli.options import (
     Search,
     check_percentile,
 )
+from quantcli.cli.plan import (
+    Candidates,
+    DryRun,
+    Importance,
+    MaxSize,
+    MinSqnr,
+    ObjectiveOption,
+    PlanFile,
+    PlanOut,
+    Rules,
+    TargetBpw,
+)
 from quantcli.errors import UsageError
 
 
@@ -172,6 +184,17 @@ def compress(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No report table and no progress bar.")
     ] = False,
+    # mixed specs: rules, budgets and plan files (quantcli/cli/plan.py, docs/MIX.md)
+    rule: Rules = None,
+    target_bpw: TargetBpw = None,
+    max_size: MaxSize = None,
+    min_sqnr: MinSqnr = None,
+    objective: ObjectiveOption = None,
+    importance: Importance = None,
+    candidate: Candidates = None,
+    plan: PlanFile = None,
+    plan_out: PlanOut = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Quantize INPUT and write the codes, scales and zero points as a safetensors file.
 
@@ -187,7 +210,13 @@ def compress(
     Example: quant compress my-model/ -o my-model-w4 --bits 4 --granularity group
 
     Example: quant compress model-f16.gguf -o model-Q4_K_M.gguf --type Q4_K_M
+
+    Example: quant compress model.safetensors --bits 4 --granularity group --rule
+    '*embed*=int8' --rule 'lm_head=keep'
+
+    Example: quant compress model.safetensors --target-bpw 4.5 --dry-run
     """
+    from quantcli.cli.plan import prepare_plan
     from quantcli.cli.render import print_json, progress_bar
     from quantcli.cli.spec_options import given_options, granularity_for, refuse_unused
     from quantcli.cli.tables import compress_json, compress_table, warn_low_sqnr
@@ -196,7 +225,7 @@ def compress(
     from quantcli.select import Selector
 
     # stdin input writes to stdout by default
-    if json and (output == "-" or (output is None and input == "-")):
+    if json and not dry_run and (output == "-" or (output is None and input == "-")):
         raise UsageError(
             "--json with the output on stdout (-o -, the default for input -) in quant "
             "compress: both would use standard output; write the quantized file to a path with -o, "
@@ -225,23 +254,51 @@ def compress(
         percentile=percentile,
         scheme=scheme.value,
     )
-    spec = QuantSpec(
-        scheme=scheme.value,
-        bits=bits,
-        granularity=granularity_for(bits, granularity.value if granularity else None, scheme.value),
-        axis=axis,
-        group_size=group_size,
-        calibration=calibration.value,
-        percentile=percentile,
-        scale_dtype=scale_dtype and scale_dtype.value,
-        search=search.value,
+    gran = granularity.value if granularity else None
+    if gran is None and bits is not None:
+        # the default for the bits given (4 bits and below: groups); without --bits a rule's
+        # scheme keeps its own default granularity
+        gran = granularity_for(bits, None, scheme.value)
+    base = {
+        "scheme": scheme.value,
+        "bits": bits,
+        "granularity": gran,
+        "axis": axis,
+        "group_size": group_size,
+        "calibration": calibration.value,
+        "percentile": percentile,
+        "scale_dtype": scale_dtype and scale_dtype.value,
+        "search": search.value,
+    }
+    selector = Selector(QuantSpec(**base), tuple(include or ()), tuple(exclude or ()), min_elements)
+    the_plan = prepare_plan(
+        input,
+        output,
+        selector,
+        base,
+        rules=rule,
+        target_bpw=target_bpw,
+        max_size=max_size,
+        min_sqnr=min_sqnr,
+        objective=objective,
+        importance=importance,
+        candidates=candidate,
+        plan_file=plan,
+        plan_out=plan_out,
+        dry_run=dry_run,
+        format=None if format is None else format.value,
+        nonfinite=nonfinite.value,
+        force=force,
+        quiet=quiet,
+        json=json,
     )
-    selector = Selector(spec, tuple(include or ()), tuple(exclude or ()), min_elements)
+    if the_plan is None:  # --dry-run: the plan is printed, nothing is written
+        return
     with progress_bar("quantizing", enabled=not quiet) as advance:
         result = run_compress(
             input,
             output,
-            selector,
+            the_plan,
             nonfinite.value,
             force,
             advance,

@@ -24,6 +24,7 @@ from quantcli.cli.options import (
     Search,
     check_percentile,
 )
+from quantcli.cli.plan import Rules
 from quantcli.errors import UsageError
 
 
@@ -238,6 +239,8 @@ def report(
             show_default=False,
         ),
     ] = None,
+    # mixed specs (quantcli/cli/plan.py, docs/MIX.md): in every configuration of the sweep
+    rule: Rules = None,
 ) -> None:
     """Compare quantization schemes on INPUT: error, SQNR, clipping, bits per weight, size.
 
@@ -264,6 +267,7 @@ def report(
         "--search": search,
         "--min-elements": min_elements,
         "--nonfinite": nonfinite,
+        "--rule": rule,
     }
     _refuse_conflicts(against, hist, hist_scale, format, sweep_options, ggml_type, pure)
     configs = (
@@ -293,6 +297,7 @@ def report(
         exclude or (),
         DEFAULT_MIN_ELEMENTS if min_elements is None else min_elements,
         nonfinite.value if nonfinite is not None else "error",
+        rule or (),
     )
     _print(result, format, per_tensor, sort.value if sort is not None else None, top)
     if fail_below_sqnr is not None:
@@ -327,6 +332,11 @@ def _refuse_conflicts(
                 "--hist with --against in quant report: the histogram marks configurations "
                 "of a sweep; drop --against and give the file's --scheme, --bits, ..."
             )
+    if hist is not None and sweep_options["--rule"]:
+        raise UsageError(
+            "--rule with --hist in quant report: the histogram compares the configurations "
+            "on one tensor; give that tensor's spec with --scheme, --bits, ... instead"
+        )
     if hist is not None and format in (ReportFormat.csv, ReportFormat.markdown):
         raise UsageError(
             f"--hist with --format {format.value} in quant report: a histogram prints as a "
@@ -357,7 +367,7 @@ def _histogram(input, tensor, configs, format, scale, fail_below_sqnr) -> None:
         )
 
 
-def _measure(input, against, mixes, configs, include, exclude, min_elements, nonfinite):
+def _measure(input, against, mixes, configs, include, exclude, min_elements, nonfinite, rules):
     from quantcli.cli.render import progress_bar
     from quantcli.ops import report as ops
 
@@ -368,7 +378,7 @@ def _measure(input, against, mixes, configs, include, exclude, min_elements, non
             return sweep_types(input, mixes, include, exclude, True, advance)
         if against is not None:
             return ops.against(input, against, include, exclude, advance)
-        return ops.sweep(input, configs, include, exclude, min_elements, nonfinite, advance)
+        return ops.sweep(input, configs, include, exclude, min_elements, nonfinite, advance, rules)
 
 
 def _print(result, format, per_tensor: bool, metric: str | None, top: int | None) -> None:

@@ -37,6 +37,7 @@ from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.fingerprint import fingerprint
 from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
+from quantcli.ops.plan import Budget, Plan, PlanResult, measure
 from quantcli.ops.sources import file_metadata, format_of, model_folder_of
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
 from quantcli.select import Selection, Selector
@@ -95,13 +96,16 @@ class CompressResult:
 FORMAT_CHOICES = ("compressed-tensors", "quant")
 
 
-def default_output(input: str, selector: Selector, sharded: bool) -> str:
+def default_output(input: str, selector: Selector | Plan, sharded: bool) -> str:
     """``dir/model.safetensors`` -> ``dir/model.absmax-int8.safetensors``; a sharded
-    checkpoint folder or a model folder ``ckpt`` -> the folder ``ckpt.absmax-int8`` beside it."""
+    checkpoint folder or a model folder ``ckpt`` -> the folder ``ckpt.absmax-int8`` beside it.
+    A plan that assigns specs tensor by tensor (a budget, a plan file) names it ``mix``."""
     if is_stdio(input):
         return "-"
     spec = selector.spec
     tag = f"{spec.scheme}-{'int' if spec.signed else 'uint'}{spec.bits}"
+    if Plan.of(selector).assigned:
+        tag = "mix"
     path = Path(input)
     if sharded:
         # resolved: "." or an index in the current folder has no name to derive one from
@@ -112,10 +116,51 @@ def default_output(input: str, selector: Selector, sharded: bool) -> str:
     return str(path.with_name(f"{strip_suffixes(path)}.{tag}.safetensors"))
 
 
+def _output_kind(
+    input: str, source: TensorSource, format: str | None
+) -> tuple[ModelFolder | None, str, _CTContainer | None]:
+    """The model folder of ``input`` (or None), the output format, and its container."""
+    if format is not None and format not in FORMAT_CHOICES:
+        raise UsageError(
+            f"unknown format {format!r} in --format: choose one of {', '.join(FORMAT_CHOICES)}"
+        )
+    folder = model_folder_of(input, source)
+    if format is None:
+        format = "compressed-tensors" if folder is not None else "quant"
+    if format == "compressed-tensors" and folder is None:
+        raise UsageError(
+            f"no model folder in {input}: --format compressed-tensors writes a model folder "
+            "and needs one as input (config.json beside the weights); pass the model's "
+            "folder, or use --format quant"
+        )
+    if folder is not None:
+        _check_not_quantized(folder)
+    container = _CTContainer(folder.config) if format == "compressed-tensors" else None
+    return folder, format, container
+
+
+def plan_compress(
+    input: str,
+    plan: Plan,
+    budget: Budget | None = None,
+    format: str | None = None,
+    nonfinite: str = "error",
+    progress: ProgressFn | None = None,
+) -> PlanResult:
+    """Measure ``plan`` on ``input`` as compress would write it (same format, same container)
+    and, with a budget, allocate it; writes nothing (``quantcli.ops.plan.measure``)."""
+    with open_input(input) as source:
+        _, _, container = _output_kind(input, source, format)
+        single = isinstance(source, NpyReader)
+        if single:
+            _check_single(source.infos()[0], source.label)
+        return measure(source, plan, budget, container, nonfinite, progress, single)
+
+
 def compress(
     input: str,
     output: str | None,
-    selector: Selector,
+    selector: Selector | Plan,
     nonfinite: str = "error",
     force: bool = False,
     progress: ProgressFn | None = None,
@@ -123,41 +168,29 @@ def compress(
 ) -> CompressResult:
     """Quantize ``input`` into ``output`` (a path, ``-`` for stdout, None for the default).
 
+    selector: which tensors, with which spec: a Selector (one spec for all), or a Plan
+    (rules, or a spec per tensor: ``quantcli.ops.plan``).
     format: ``compressed-tensors`` (a model folder that transformers and vLLM load),
     ``quant`` (quant's own format), or None: compressed-tensors for a model folder (a folder
     holding config.json), quant otherwise.
     """
-    if format is not None and format not in FORMAT_CHOICES:
-        raise UsageError(
-            f"unknown format {format!r} in --format: choose one of {', '.join(FORMAT_CHOICES)}"
-        )
+    plan = Plan.of(selector)
     with open_input(input) as source:
-        folder = model_folder_of(input, source)
-        if format is None:
-            format = "compressed-tensors" if folder is not None else "quant"
-        if format == "compressed-tensors" and folder is None:
-            raise UsageError(
-                f"no model folder in {input}: --format compressed-tensors writes a model folder "
-                "and needs one as input (config.json beside the weights); pass the model's "
-                "folder, or use --format quant"
-            )
+        folder, format, container = _output_kind(input, source, format)
         sharded = isinstance(source, ShardedReader)
-        output = output or default_output(input, selector, sharded or folder is not None)
+        output = output or default_output(input, plan, sharded or folder is not None)
         result = CompressResult(input=source.label, output=output, format=format)
-        selector.check_patterns([i.name for i in source.infos()], source.label)
+        plan.selector.check_patterns([i.name for i in source.infos()], source.label)
         if folder is not None:
-            _check_not_quantized(folder)
             result.carried, result.skipped = list(folder.carried), list(folder.skipped)
-        if format == "compressed-tensors":
-            plans = _plan(source, selector, nonfinite, container=_CTContainer(folder.config))
-            plans[0].container.share_tensor_scales(source, plans)
-        else:
-            plans = _plan(source, selector, nonfinite)
+        plans = _plan(source, plan, nonfinite, container)
+        if container is not None:
+            container.share_tensor_scales(source, plans)
         total = sum(info.size for info in source.infos())
 
-        def shard_writer(plan: _ShardPlan):
+        def shard_writer(shard: _ShardPlan):
             def write(f):
-                return _write_shard(source, plan, f, result, progress, total)
+                return _write_shard(source, shard, f, result, progress, total)
 
             return write
 
@@ -345,32 +378,45 @@ class _ShardPlan:
         return out
 
 
+def _check_single(info: TensorInfo, label: str) -> None:
+    if not is_float_dtype(info.dtype):
+        # the one array the user named cannot be quantized: say so, not "0 quantized"
+        raise InputError(
+            f"unsupported dtype {info.dtype} in tensor {info.name} of {label}: "
+            "only float tensors (float64, float32, float16, bfloat16, float8) can be "
+            "quantized; convert the array to float32 first"
+        )
+
+
 def _plan(
-    source: TensorSource, selector: Selector, nonfinite: str, container: _CTContainer | None = None
+    source: TensorSource, plan: Plan, nonfinite: str, container: _CTContainer | None = None
 ) -> list[_ShardPlan]:
     """Decide every tensor before anything is written (the header needs every spec)."""
     single = isinstance(source, NpyReader)
-    plans = []
+    groups = []
+    decisions = []
     for file, infos in source.groups():
         selections = []
         for info in infos:
-            sel = selector.choose(info.name, info.dtype, info.shape, single)
-            if single and not is_float_dtype(info.dtype):
-                # the one array the user named cannot be quantized: say so, not "0 quantized"
-                raise InputError(
-                    f"unsupported dtype {info.dtype} in tensor {info.name} of {source.label}: "
-                    "only float tensors (float64, float32, float16, bfloat16, float8) can be "
-                    "quantized; convert the array to float32 first"
-                )
+            sel = plan.choose(info.name, info.dtype, info.shape, single)
+            if single:
+                _check_single(info, source.label)
             if sel.quantized and container is not None:
                 sel = container.choose(info, sel)
+            selections.append(sel)
+            decisions.append((info, sel))
+        groups.append((file, infos, selections))
+    plan.check(decisions, source.label, single)  # rules that decide nothing, before reading
+    plans = []
+    for file, infos, selections in groups:
+        for n, (info, sel) in enumerate(zip(infos, selections)):
             if sel.quantized:
                 sel = Selection(info.name, sel.spec.for_tensor(info.shape, info.name))
                 if nonfinite == "keep":
                     bad = count_nonfinite(source.read(info.name))
                     if bad:
                         sel = Selection(info.name, None, f"kept: {bad} non-finite values")
-            selections.append(sel)
+                selections[n] = sel
         entries = [
             QuantizedEntry(
                 i.name, s.spec, tuple(i.shape), np.dtype(i.dtype), fingerprint(source.read(i.name))
@@ -385,9 +431,9 @@ def _plan(
         else:
             # each file records its own metadata (a shard's, not its index's) for decompress
             metadata = header_metadata(entries, file_metadata(source, file), format_of(source))
-        plan = _ShardPlan(file, infos, selections, entries, metadata, container)
-        _check_names(plan, source.label)
-        plans.append(plan)
+        shard = _ShardPlan(file, infos, selections, entries, metadata, container)
+        _check_names(shard, source.label)
+        plans.append(shard)
     return plans
 
 

@@ -38,6 +38,7 @@ from quantcli.io.numpy_files import NpyReader
 from quantcli.io.quantized_format import QuantizedEntry
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.fingerprint import fingerprint
+from quantcli.ops.plan import Plan, parse_rule
 from quantcli.ops.sources import open_quantized
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
 from quantcli.select import (
@@ -181,8 +182,10 @@ def config_fields(spec: QuantSpec) -> dict:
 class Row:
     """The measurements of one configuration on one tensor (``tensor`` set) or on the file.
 
-    config: the configuration asked for; applied: the spec actually used (per-channel falls
-    back to per-tensor on 0-d and 1-D tensors). bytes_out: stored bytes of the quantized
+    config: the configuration asked for, or the spec a ``--rule`` gave the tensor; applied:
+    the spec actually used (per-channel falls back to per-tensor on 0-d and 1-D tensors);
+    sweep: the configuration of the sweep the row belongs to when a rule changed ``config``
+    (None: ``config`` is it). bytes_out: stored bytes of the quantized
     tensors (codes + scales + zero points) plus, for a summary, the kept tensors byte for byte.
     clipped_known: False when the clipped elements cannot be known (``against`` on a
     percentile-calibrated file): clipped_fraction and mse_unclipped are then None.
@@ -197,6 +200,7 @@ class Row:
     applied: QuantSpec | None = None
     tensors: int = 1
     clipped_known: bool = True
+    sweep: QuantSpec | None = None
 
     @property
     def elements(self) -> int:
@@ -346,25 +350,37 @@ def sweep(
     min_elements: int = DEFAULT_MIN_ELEMENTS,
     nonfinite: str = "error",
     progress: ProgressFn | None = None,
+    rules: Sequence[str] = (),
 ) -> ReportResult:
     """Measure every configuration in ``configs`` on the tensors of ``input`` compress would
-    quantize (same Selector, same defaults), reading each tensor once."""
+    quantize (same Selector, same defaults), reading each tensor once.
+
+    rules: ``--rule`` texts (``quantcli.ops.plan``): the tensors a rule names get its spec
+    (its ``key=value`` options on top of each configuration) or are kept, in every
+    configuration; their rows carry that spec as ``config``."""
     configs = _unique(configs)
     if not configs:
         raise UsageError("no configuration in quant report: give at least one --scheme")
-    selectors = [Selector(c, tuple(include), tuple(exclude), min_elements) for c in configs]
+    parsed = [parse_rule(text) for text in rules]
+    plans = [
+        Plan(Selector(c, tuple(include), tuple(exclude), min_elements), parsed, c.to_dict())
+        for c in configs
+    ]
     with open_input(input) as source:
         result = ReportResult(input=source.label, configs=configs)
         single = isinstance(source, NpyReader)
         infos = source.infos()
         check_patterns([i.name for i in infos], include, exclude, source.label)
         chosen: list[tuple[TensorInfo, list[Selection]]] = []
+        decisions = []
         for info in infos:
-            selections = [s.choose(info.name, info.dtype, info.shape, single) for s in selectors]
+            selections = [p.choose(info.name, info.dtype, info.shape, single) for p in plans]
+            decisions.append((info, selections[0]))
             if selections[0].quantized:
                 chosen.append((info, selections))
             else:
                 result.kept.append((info.name, selections[0].reason))
+        plans[0].check(decisions, source.label, single)  # rules that decide nothing
         total = sum(info.size for info, _ in chosen)
         kept_names = {name for name, _ in result.kept}
         kept_bytes = sum(i.nbytes for i in infos if i.name in kept_names)
@@ -376,10 +392,13 @@ def sweep(
                     result.kept.append((info.name, f"kept: {bad} non-finite values"))
                     kept_bytes += info.nbytes
                     continue
+            ruled = plans[0].rule_index(info.name) is not None
             for config, sel in zip(configs, selections):
                 spec = sel.spec.for_tensor(info.shape, info.name)
                 res = process(info.name, array, Selection(info.name, spec))
-                result.results.append(_tensor_row(config, res))
+                row = _tensor_row(sel.spec if ruled else config, res)
+                row.sweep = config if ruled else None
+                result.results.append(row)
             del array
             if progress:
                 progress(info.name, info.size, total)
@@ -389,7 +408,10 @@ def sweep(
         bytes_in = sum(i.nbytes for i in infos)
         result.summary = [
             _summary(
-                config, [r for r in result.results if r.config == config], bytes_in, kept_bytes
+                config,
+                [r for r in result.results if (r.sweep or r.config) == config],
+                bytes_in,
+                kept_bytes,
             )
             for config in configs
         ]
