@@ -1086,3 +1086,71 @@ def test_default_outputs_from_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "one")
     ok("compress", ".", "--quiet")
     assert (tmp_path / "one.absmax-int8.safetensors").is_file()
+
+
+# -- the output's name chooses the container ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["out.npz", "out.bin", "out.pt", "out"])
+def test_compress_refuses_an_output_its_name_does_not_describe(tmp_path, name):
+    """quant compress writes quant's safetensors or GGUF: any other name is refused, with the
+    choices and a name that works, and nothing is written."""
+    line = assert_fails(
+        run("compress", TRANSFORMER, "-o", tmp_path / name, "--quiet"), 2, f"-o {tmp_path / name}"
+    )
+    assert ".safetensors (quant's format)" in line and ".gguf" in line and "ending in /" in line
+    assert f"-o {tmp_path / 'out.safetensors'}" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compress_into_a_folder_named_with_a_slash(tmp_path):
+    """-o dir/ puts the default file name in that folder, making the folder if missing; the
+    file is the one -o with the full path writes."""
+    ok("compress", TRANSFORMER, "-o", f"{tmp_path / 'new'}/", "--quiet")
+    ok("compress", TRANSFORMER, "-o", tmp_path / "direct.safetensors", "--quiet")
+    made = tmp_path / "new" / "transformer.absmax-int8.safetensors"
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [made.name]
+    assert made.read_bytes() == (tmp_path / "direct.safetensors").read_bytes()
+    # an existing folder: the file goes in beside what is there; a second run needs --force
+    ok("compress", TRANSFORMER, "-o", f"{tmp_path / 'new'}/", "--bits", "4", "--quiet")
+    assert (tmp_path / "new" / "transformer.absmax-int4.safetensors").exists()
+    assert_fails(run("compress", TRANSFORMER, "-o", f"{tmp_path / 'new'}/"), 2, "output exists")
+
+
+def test_a_failed_compress_leaves_no_folder(tmp_path):
+    """The folder of -o dir/ appears with its file or not at all."""
+    bad = tmp_path / "nan.npy"
+    np.save(bad, np.full((4, 256), np.nan, np.float32))
+    result = run("compress", bad, "-o", f"{tmp_path / 'made'}/", "--quiet")
+    assert result.exit_code != 0
+    assert not (tmp_path / "made").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.npy"]
+
+
+def test_sharded_output_takes_a_folder_name(tmp_path):
+    index = make_sharded(tmp_path / "ckpt")
+    assert_fails(
+        run("compress", index, "-o", tmp_path / "q.safetensors", "--quiet"),
+        2,
+        "folder output",
+        f"-o {tmp_path / 'q'}/",
+    )
+    assert not (tmp_path / "q.safetensors").exists()
+    ok("compress", index, "-o", f"{tmp_path / 'q'}/", "--quiet")
+    assert (tmp_path / "q" / "model.safetensors.index.json").exists()
+
+
+def test_decompress_output_names(tmp_path):
+    q = tmp_path / "q.safetensors"
+    ok("compress", TRANSFORMER, "-o", q, "--quiet")
+    line = assert_fails(run("decompress", q, "-o", tmp_path / "r.bin"), 2, "extension .bin")
+    assert ".safetensors" in line and ".npz" in line and ".npy" in line
+    ok("decompress", q, "-o", tmp_path / "r.npz", "--quiet")
+    ok("decompress", q, "-o", f"{tmp_path / 'restored'}/", "--quiet")
+    with np.load(tmp_path / "r.npz") as npz:
+        from_npz = {k: npz[k] for k in npz.files if npz[k].dtype.kind == "f"}
+    from safetensors.numpy import load_file
+
+    restored = load_file(tmp_path / "restored" / "q.restored.safetensors")
+    assert from_npz and all(same_bytes(a, restored[k]) for k, a in from_npz.items())
+    assert not (tmp_path / "r.bin").exists()

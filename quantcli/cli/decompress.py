@@ -16,8 +16,10 @@ RestoredOutput = Annotated[
         "-o",
         "--output",
         metavar="OUTPUT",
-        help="Where to write: a path (.npy, .npz, else safetensors), a folder for a sharded "
-        "input, or - for standard output. Default: beside the input, named after it with "
+        help="Where to write; its extension chooses the format: x.safetensors, x.npz, x.npy "
+        "(one tensor), x.gguf (from a GGUF input), dir/ (a folder to write into, made if "
+        "missing), a folder for a sharded or model-folder input, or - for standard output. "
+        "Other names are refused. Default: beside the input, named after it with "
         ".restored, in the format compress read (model.q8.safetensors -> "
         "model.q8.restored.safetensors; a sharded folder ckpt.q8 -> ckpt.q8.restored); "
         "standard output for input -.",
@@ -47,7 +49,7 @@ def decompress(
     """Restore every tensor of a quantized file under its original name, shape and dtype.
 
     The output is .npy when OUTPUT ends in .npy (one tensor), .npz when it ends in .npz,
-    safetensors otherwise.
+    safetensors when it ends in .safetensors.
 
     Example: quant decompress model.absmax-int8.safetensors -o model.restored.safetensors
     """

@@ -78,8 +78,10 @@ Output = Annotated[
         "-o",
         "--output",
         metavar="OUTPUT",
-        help="Where to write: a path, or - for standard output. "
-        "Default: beside the input, named after the scheme.",
+        help="Where to write; its extension chooses the container: x.safetensors (quant's "
+        "format), x.gguf (GGUF, with --type), dir/ (a folder to write into, made if missing; "
+        "the output of a sharded or model-folder input is a folder), or - for standard "
+        "output. Default: beside the input, named after the scheme.",
         show_default=False,
     ),
 ]

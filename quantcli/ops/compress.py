@@ -13,6 +13,7 @@ folder's other files are carried over (``quantcli.io.model_folder``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +37,14 @@ from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.fingerprint import fingerprint
-from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
+from quantcli.ops.outputs import (
+    input_paths,
+    is_stdio,
+    output_path,
+    strip_suffixes,
+    write_file,
+    write_sharded,
+)
 from quantcli.ops.plan import Budget, Plan, PlanResult, measure
 from quantcli.ops.sources import file_metadata, format_of, model_folder_of
 from quantcli.ops.tensor import TensorResult, count_nonfinite, process
@@ -178,7 +186,21 @@ def compress(
     with open_input(input) as source:
         folder, format, container = _output_kind(input, source, format)
         sharded = isinstance(source, ShardedReader)
-        output = output or default_output(input, plan, sharded or folder is not None)
+        to_folder = output is not None and output.endswith(("/", os.sep))
+        output = output_path(
+            output,
+            default_output(input, plan, sharded or folder is not None),
+            {".safetensors": "quant's format", ".gguf": "GGUF for llama.cpp, with --type"},
+            sharded or folder is not None,
+            "quant compress",
+            input_paths(input, source),
+        )
+        if output.lower().endswith(".gguf"):
+            raise UsageError(
+                f"GGUF output in -o {output} from {source.label}: GGUF is written from a GGUF "
+                "input with a ggml type (quant compress model-f16.gguf -o out.gguf --type "
+                "Q4_K_M); use a .safetensors output here"
+            )
         result = CompressResult(input=source.label, output=output, format=format)
         plan.selector.check_patterns([i.name for i in source.infos()], source.label)
         if folder is not None:
@@ -248,7 +270,9 @@ def compress(
                 index_meta,
             )
         else:
-            result.files = write_file(output, inputs, force, shard_writer(plans[0]))
+            result.files = write_file(
+                output, inputs, force, shard_writer(plans[0]), make_folder=to_folder
+            )
     return result
 
 

@@ -11,6 +11,7 @@ folder: config.json without its quantization_config, the other files carried ove
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,14 @@ from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.sharded import ShardedReader
 from quantcli.io.source import TensorInfo, TensorSource
 from quantcli.ops.gguf_decompress import decompress_gguf
-from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file, write_sharded
+from quantcli.ops.outputs import (
+    input_paths,
+    is_stdio,
+    output_path,
+    strip_suffixes,
+    write_file,
+    write_sharded,
+)
 from quantcli.ops.sources import (
     QuantizedCheckpoint,
     file_metadata,
@@ -81,7 +89,15 @@ def decompress(
         sharded = isinstance(source, ShardedReader)
         folder = model_folder_of(input, source)
         original = checkpoint.source_format
-        output = output or _default_output(input, original, sharded or folder is not None)
+        to_folder = output is not None and output.endswith(("/", os.sep))
+        output = output_path(
+            output,
+            _default_output(input, original, sharded or folder is not None),
+            {".safetensors": "safetensors", ".npz": "NumPy archive", ".npy": "one NumPy array"},
+            sharded or folder is not None,
+            "quant decompress",
+            input_paths(input, source),
+        )
         fmt = _output_format(output, original, sharded or folder is not None)
         result = DecompressResult(input=source.label, output=output, format=fmt)
         groups = [(file, restorer.logical(infos_)) for file, infos_ in source.groups()]
@@ -152,7 +168,9 @@ def decompress(
                 meta,
             )
         else:
-            result.files = write_file(output, inputs, force, shard_writer(*groups[0]))
+            result.files = write_file(
+                output, inputs, force, shard_writer(*groups[0]), make_folder=to_folder
+            )
     return result
 
 

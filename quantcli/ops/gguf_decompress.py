@@ -8,6 +8,7 @@ safetensors. Standard output gets GGUF.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from quantcli.io.gguf_writer import GGUFWriter
 from quantcli.io.numpy_files import write_npy, write_npz
 from quantcli.io.safetensors_writer import SafetensorsWriter
 from quantcli.io.source import TensorInfo
-from quantcli.ops.outputs import input_paths, is_stdio, strip_suffixes, write_file
+from quantcli.ops.outputs import input_paths, is_stdio, output_path, strip_suffixes, write_file
 
 FILE_TYPE_KEY = "general.file_type"
 # llama.cpp's LLAMA_FTYPE (include/llama.h) of a file of that float type: ALL_F32, MOSTLY_F16,
@@ -76,7 +77,20 @@ def decompress_gguf(
         )
     for t in quantized:  # refuse before writing anything
         ggml_codec(t.ggml_type, t.name, source.label)
-    output = output or default_output(input)
+    to_folder = output is not None and output.endswith(("/", os.sep))
+    output = output_path(
+        output,
+        default_output(input),
+        {
+            ".gguf": "F32 GGUF",
+            ".safetensors": "safetensors",
+            ".npz": "NumPy archive",
+            ".npy": "one NumPy array",
+        },
+        False,
+        "quant decompress",
+        input_paths(input, source),
+    )
     fmt = output_format(output)
     result.output, result.format = output, fmt
     restored_dtype = _DTYPES["float32" if dtype == "original" else dtype]
@@ -146,4 +160,6 @@ def decompress_gguf(
                 write_npy(f, array)
         return written
 
-    result.files = write_file(output, input_paths(input, source), force, write)
+    result.files = write_file(
+        output, input_paths(input, source), force, write, make_folder=to_folder
+    )

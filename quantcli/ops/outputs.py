@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,18 +40,88 @@ def strip_suffixes(path: Path) -> str:
     return path.stem
 
 
+# extensions of weight files and the like: as the last suffix of -o they name a file, never a
+# folder (the suffixes a command writes come from its own table)
+FILE_SUFFIXES = (
+    ".safetensors",
+    ".gguf",
+    ".npz",
+    ".npy",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".onnx",
+    ".json",
+    ".pkl",
+    ".msgpack",
+)
+
+
+def output_path(
+    output: str | None,
+    default: str,
+    suffixes: dict[str, str],
+    folder: bool,
+    where: str,
+    inputs: Sequence[Path] = (),
+) -> str:
+    """Where ``-o output`` writes, from its name; ``default`` when None.
+
+    A folder output (``folder``: a sharded checkpoint, a model folder) is that folder, and a
+    name with a file extension (``out.safetensors``) is refused. A file output takes the
+    extension of one of ``suffixes`` (``{".safetensors": "quant's format", ...}``); a name
+    ending in ``/`` means a folder to put it in, under the default's file name (the folder
+    is made if missing); any other name is refused with the choices. ``where``: the
+    command, for messages (``quant compress``); ``inputs``: the files never written over
+    (that error comes first: it is the precise one).
+    """
+    if output is None or is_stdio(output):
+        return output or default
+    _refuse_input(Path(output), inputs)
+    trailing = output.endswith(("/", os.sep))
+    name = Path(output)
+    suffix = name.suffix.lower()
+    if folder:
+        if not trailing and suffix in FILE_SUFFIXES:
+            raise UsageError(
+                f"a file name for a folder output in -o {output} ({where}): the input is a "
+                f"sharded checkpoint or a model folder, whose output is a folder; name the "
+                f"folder without {suffix}, e.g. -o {output[: -len(suffix)]}/"
+            )
+        return str(name)
+    if trailing:
+        return str(name / Path(default).name)
+    if suffix not in suffixes:
+        choices = [f"{ext} ({what})" for ext, what in suffixes.items()]
+        listed = ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+        given = f"extension {suffix}" if suffix else "no extension"
+        stem = name.name[: -len(name.suffix)] if name.suffix else name.name
+        raise UsageError(
+            f"{given} in -o {output} ({where}): the output's extension chooses what is "
+            f"written: {listed}, or a folder to write into (a name ending in /); rename it, "
+            f"e.g. -o {name.with_name(stem + next(iter(suffixes)))}"
+        )
+    return output
+
+
 def check_output(output: Path, inputs: list[Path], force: bool) -> None:
     """Refuse an output that is one of the inputs, that exists without ``force``, or whose
     folder is missing or is not a folder."""
+    _refuse_input(output, inputs)
+    if output.exists() and not force:
+        raise _exists(output)
+    _check_folder(output, output.parent)
+
+
+def _refuse_input(output: Path, inputs: Sequence[Path]) -> None:
     for source in inputs:
         if _same_file(output, source):
             raise OutputConflictError(
                 f"output is the input in {output}: quant never writes over its input; "
                 "choose another -o path"
             )
-    if output.exists() and not force:
-        raise _exists(output)
-    _check_folder(output, output.parent)
 
 
 def _exists(output: Path, meanwhile: bool = False) -> OutputConflictError:
@@ -102,8 +172,13 @@ def _same_file(a: Path, b: Path) -> bool:
 ShardWriter = Callable[[BinaryIO], list[tuple[str, int]]]
 
 
-def write_file(output: str, inputs: list[Path], force: bool, write: ShardWriter) -> list[str]:
-    """Write one output: to stdout for ``-``, else atomically to the path. Returns the files."""
+def write_file(
+    output: str, inputs: list[Path], force: bool, write: ShardWriter, make_folder: bool = False
+) -> list[str]:
+    """Write one output: to stdout for ``-``, else atomically to the path. Returns the files.
+
+    make_folder: a missing folder of ``output`` is made with the file, whole or not at all
+    (``-o newdir/``); without it a missing folder is an error (a typo in the path)."""
     if is_stdio(output):
         if sys.stdout.isatty():
             raise UsageError(
@@ -125,9 +200,19 @@ def write_file(output: str, inputs: list[Path], force: bool, write: ShardWriter)
                     "command after the |"
                 ) from exc
         return []
-    check_output(Path(output), inputs, force)
+    path = Path(output)
+    if make_folder and not path.parent.exists():
+        _check_folder(path.parent, path.parent.parent)
+        try:
+            with AtomicGroup(replace=force, new_folder=path.parent) as group:
+                with group.open(path) as f:
+                    write(f)
+        except OutputConflictError as exc:
+            raise _exists(Path(getattr(exc, "path", output)), meanwhile=True) from exc
+        return [output]
+    check_output(path, inputs, force)
     try:
-        with atomic_write(Path(output), replace=force) as f:
+        with atomic_write(path, replace=force) as f:
             write(f)
     except OutputConflictError as exc:
         raise _exists(Path(getattr(exc, "path", output)), meanwhile=True) from exc
