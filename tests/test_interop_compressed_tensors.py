@@ -366,3 +366,35 @@ def test_zeropoint_against_the_librarys_asymmetric_observer(spec):
     differ = theirs != mine
     assert np.abs(theirs - mine).max() <= 1
     assert differ.sum() <= 1e-4 * differ.size
+
+
+# -- mixed specs (docs/MIX.md) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mix",
+    [
+        ("--bits", "4", "--granularity", "group", "--group-size", "32", "--rule", "*v_proj=int8"),
+        ("--bits", "4", "--granularity", "group", "--group-size", "32", "--rule", "*mlp*=fp8"),
+        ("--scheme", "fullrange-ct", "--granularity", "group", "--group-size", "32",
+         "--target-bpw", "5.5"),
+    ],
+    ids=["int4-int8", "int4-fp8-mixed-precision", "budget"],
+)  # fmt: skip
+def test_a_mixed_folder_loads_and_matches_its_decompressed_model(tmp_path, mix):
+    """Several config groups (and mixed-precision when their formats differ): transformers
+    loads each Linear with its own spec, and the model equals quant decompress's."""
+    src = save_llama(tmp_path / "llama")
+    out, restored = tmp_path / "llama-q", tmp_path / "llama-restored"
+    quant("compress", src, "-o", out, *mix, "-q")
+    quant("decompress", out, "-o", restored, "-q")
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    groups = config["config_groups"].values()
+    assert len(groups) >= 2, config
+    if "*mlp*=fp8" in mix:
+        assert config["format"] == "mixed-precision"
+        assert {g["format"] for g in groups} == {"pack-quantized", "naive-quantized"}
+    model = load(AutoModelForCausalLM, out)
+    assert_weights_restored(model, restored)
+    assert_same_model(model, load(AutoModelForCausalLM, restored))
+    assert_close_to(model, load(AutoModelForCausalLM, src), 0.98)
