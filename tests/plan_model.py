@@ -2,6 +2,7 @@
 numbers (tests/test_plan_numbers.py, docs/MIX.md).
 
     python tests/plan_model.py OUT.safetensors
+    python tests/plan_model.py OUT.gguf        # the same weights as an F16 GGUF
 
 The tensor layout (names, shapes, dtype) is LlamaForCausalLM's for ``CONFIG``
 (test_plan_numbers.py checks it against transformers). The values are seeded NumPy draws,
@@ -102,5 +103,57 @@ def save(path: str) -> None:
     save_file(llama_tensors(), path, metadata={"format": "pt"})
 
 
+# Hugging Face module names -> llama.cpp's tensor names (convert_hf_to_gguf.py)
+GGUF_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def gguf_tensors() -> dict[str, np.ndarray]:
+    """The same weights under llama.cpp's names, as its converter writes them with
+    --outtype f16: 2-D weights in F16, norms in F32."""
+    out = {}
+    for name, array in llama_tensors().items():
+        if name.startswith("model.layers."):
+            _, _, layer, rest = name.split(".", 3)
+            gguf_name = f"blk.{layer}.{GGUF_NAMES[rest.removesuffix('.weight')]}.weight"
+        else:
+            gguf_name = {
+                "model.embed_tokens.weight": "token_embd.weight",
+                "model.norm.weight": "output_norm.weight",
+                "lm_head.weight": "output.weight",
+            }[name]
+        x = array.astype(np.float32)
+        out[gguf_name] = x.astype(np.float16) if x.ndim == 2 else x
+    return out
+
+
+def save_gguf(path: str) -> None:
+    """An F16 GGUF of the checkpoint (llama metadata, no tokenizer: enough for quant)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(CONFIG["num_hidden_layers"])
+    writer.add_embedding_length(CONFIG["hidden_size"])
+    writer.add_feed_forward_length(CONFIG["intermediate_size"])
+    writer.add_head_count(CONFIG["num_attention_heads"])
+    writer.add_head_count_kv(CONFIG["num_key_value_heads"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    for name, array in gguf_tensors().items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 if __name__ == "__main__":
-    save(sys.argv[1])
+    (save_gguf if sys.argv[1].endswith(".gguf") else save)(sys.argv[1])

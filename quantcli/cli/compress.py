@@ -236,7 +236,23 @@ def compress(
         from quantcli.cli.gguf_compress import compress_to_gguf
 
         return compress_to_gguf(
-            ctx, input, output, ggml_type, pure, no_fallback, exclude, force, json, quiet
+            ctx,
+            input,
+            output,
+            ggml_type,
+            pure,
+            no_fallback,
+            exclude,
+            force,
+            json,
+            quiet,
+            rules=rule,
+            target_bpw=target_bpw,
+            max_size=max_size,
+            objective=objective.value if objective is not None else None,
+            importance=importance,
+            candidates=candidate,
+            dry_run=dry_run,
         )
     if pure or no_fallback:
         flag = "--pure" if pure else "--no-fallback"

@@ -25,6 +25,10 @@ _SPEC_OPTIONS = {
 }
 
 
+# mixed-spec options that GGUF outputs do not take
+_PLAN_ONLY = {"min_sqnr": "--min-sqnr", "plan": "--plan", "plan_out": "--plan-out"}
+
+
 def compress_to_gguf(
     ctx: typer.Context,
     input: str,
@@ -36,11 +40,19 @@ def compress_to_gguf(
     force: bool,
     json: bool,
     quiet: bool,
+    rules: list[str] | None = None,
+    target_bpw: float | None = None,
+    max_size: str | None = None,
+    objective: str | None = None,
+    importance: list[str] | None = None,
+    candidates: list[str] | None = None,
+    dry_run: bool = False,
 ) -> None:
     from quantcli.cli.gguf_tables import gguf_compress_json, gguf_compress_table
-    from quantcli.cli.render import print_json, progress_bar
+    from quantcli.cli.render import out_console, print_json, progress_bar
     from quantcli.core.ggml.mixes import resolve_type
-    from quantcli.ops.gguf_compress import compress_gguf
+    from quantcli.ops.gguf_compress import compress_gguf, plan_gguf
+    from quantcli.ops.gguf_plan import make_type_budget, parse_type_rule
 
     given = [
         flag
@@ -52,6 +64,17 @@ def compress_to_gguf(
             f"{given[0]} with a GGUF output in quant compress: ggml types fix the number "
             f"format, block and scales, and llama.cpp's rules choose the tensors; drop "
             f"{given[0]} (--exclude keeps tensors as they are)"
+        )
+    not_here = [
+        flag
+        for name, flag in _PLAN_ONLY.items()
+        if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")
+    ]
+    if not_here:
+        raise UsageError(
+            f"{not_here[0]} with a GGUF output in quant compress: GGUF outputs take --rule "
+            "PATTERN=TYPE and the budgets --target-bpw and --max-size, not plan files or "
+            f"--min-sqnr; drop {not_here[0]}"
         )
     if ggml_type is None:
         raise UsageError(
@@ -65,9 +88,31 @@ def compress_to_gguf(
             "--type for quant's own format"
         )
     mix = resolve_type(ggml_type, pure)
+    type_rules = [parse_type_rule(text) for text in rules or ()]
+    budget = make_type_budget(target_bpw, max_size, objective, importance or (), candidates or ())
+    if dry_run or budget is not None:
+        with progress_bar("measuring", enabled=not quiet) as advance:
+            planned = plan_gguf(
+                input, mix, not no_fallback, tuple(exclude or ()), type_rules, budget, advance
+            )
+        if dry_run:
+            if json:
+                print_json(gguf_compress_json(planned))
+            else:
+                gguf_compress_table(planned, out_console())
+            return
+        budget = planned.plan
     with progress_bar("quantizing", enabled=not quiet) as advance:
         result = compress_gguf(
-            input, output, mix, not no_fallback, tuple(exclude or ()), force, advance
+            input,
+            output,
+            mix,
+            not no_fallback,
+            tuple(exclude or ()),
+            force,
+            advance,
+            type_rules,
+            budget,
         )
     if json:
         print_json(gguf_compress_json(result))

@@ -12,6 +12,8 @@ from quantcli.cli.table import Column, printable, render
 from quantcli.cli.tables import dtype_name, metadata_lines
 
 if TYPE_CHECKING:  # annotations only: inspect must not import the compress machinery
+    from rich.console import Console
+
     from quantcli.ops.gguf_compress import GGUFCompressResult
     from quantcli.ops.inspect_file import InspectResult
 
@@ -82,7 +84,8 @@ def _type_cell(t) -> str:
     """``Q4_K``; ``Q5_0 (fallback)`` when the rows did not fit the type asked for (the
     summary under the table names that type)."""
     c = t.choice
-    return f"{c.type} (fallback)" if c.fallback else c.type
+    kind = f"{c.type} (fallback)" if c.fallback else c.type
+    return f"{kind} (rule)" if c.by.startswith("--rule") else kind
 
 
 def gguf_compress_json(result: GGUFCompressResult) -> dict:
@@ -104,6 +107,7 @@ def gguf_compress_json(result: GGUFCompressResult) -> dict:
                 "fallback_from": t.choice.asked,
                 "retyped": t.retyped,
                 "reason": t.choice.reason or None,
+                "chosen_by": t.choice.by or ("mix" if t.retyped else None),
                 "bytes_in": t.bytes_in,
                 "bytes_out": t.bytes_out,
                 "bits_per_weight": t.bits_per_weight,
@@ -124,6 +128,16 @@ def gguf_compress_json(result: GGUFCompressResult) -> dict:
             "mse": stats.mse if stats.count else None,
             "sqnr_db": stats.sqnr_db if stats.count else None,
         },
+        "budget": None
+        if result.plan is None
+        else {
+            "limits": result.plan.budget.describe,
+            "objective": result.plan.budget.objective,
+            "candidates": list(result.plan.budget.candidates),
+            "bits_per_weight": result.plan.bits_per_weight,
+            "bytes": result.plan.nbytes,
+            "tensors": len(result.plan.tensors),
+        },
     }
 
 
@@ -138,14 +152,16 @@ COMPRESS_COLUMNS = [
 ]
 
 
-def gguf_compress_table(result: GGUFCompressResult) -> None:
+def gguf_compress_table(result: GGUFCompressResult, console: Console | None = None) -> None:
     """The error report of a GGUF output: one row per tensor with its type, then the totals;
-    on stderr. A fallback shows on its row, and counts in the summary's bits per weight."""
+    on stderr (or ``console``: a plan printed by --dry-run goes to stdout). A fallback shows
+    on its row, and counts in the summary's bits per weight."""
     rows = []
     for t in result.tensors:
         size = f"{human_bytes(t.bytes_in)}>{human_bytes(t.bytes_out)}"
         if t.retyped:
-            metrics = [fmt_metric(t.stats.mse), fmt_metric(t.stats.sqnr_db)]
+            s = t.stats
+            metrics = [fmt_metric(s.mse), fmt_metric(s.sqnr_db)] if s else ["", ""]
             kind = _type_cell(t)
         else:
             metrics = ["", ""]
@@ -165,16 +181,12 @@ def gguf_compress_table(result: GGUFCompressResult) -> None:
     ]
     mix = result.mix
     what = f"{mix.name} (every quantizable tensor)" if mix.pure else f"{mix.name} mix"
-    console = err_console()
+    console = console or err_console()
     sources = type_counts([t.choice.source_type for t in result.retyped])
-    console.print(
-        Text(
-            printable(
-                f"{result.input} -> {result.output}  ({what}, file type {mix.ftype}; "
-                f"from {sources})"
-            )
-        )
-    )
+    where = f"{result.input} -> {result.output}" if result.output else f"plan for {result.input}"
+    if result.plan is not None:
+        what += f", types chosen by the budget ({result.plan.budget.describe})"
+    console.print(Text(printable(f"{where}  ({what}, file type {mix.ftype}; from {sources})")))
     render(console, COMPRESS_COLUMNS, rows, footer, hint="use --json")
     n_retyped = len(result.retyped)
     fallbacks = result.fallbacks
@@ -185,6 +197,15 @@ def gguf_compress_table(result: GGUFCompressResult) -> None:
         f"{type_counts([t.choice.type for t in result.tensors])}; SQNR in dB"
     )
     console.print(line)
+    plan = result.plan
+    if plan is not None:
+        n_fixed = sum(1 for t in result.tensors if t.choice.by.startswith("--rule"))
+        minimised = "relative" if plan.budget.objective == "relative" else "total"
+        console.print(
+            f"budget: {plan.bits_per_weight:.4f} bits per weight over the tensors the mix "
+            f"quantizes ({len(plan.tensors)} chosen by the budget, {n_fixed} by rules); "
+            f"least {minimised} squared error among {', '.join(plan.budget.candidates)}"
+        )
     if fallbacks:
         console.print(
             f"{len(fallbacks)} tensor{'s' if len(fallbacks) != 1 else ''} fell back to another "

@@ -38,7 +38,8 @@ Rules = Annotated[
         "uint4, w4a16, nf4, fp8, any scheme name); key=value,... over the spec options "
         "(bits, scheme, granularity, group_size, axis, calibration, percentile, "
         "scale_dtype), applied on top of this command's; or a preset then options "
-        "(int4,group_size=32). See docs/MIX.md.",
+        "(int4,group_size=32). With --type (a GGUF output): PATTERN=TYPE, a ggml type "
+        "(Q6_K, Q8_0, F16, ...) or keep. See docs/MIX.md.",
         show_default=False,
     ),
 ]
@@ -97,8 +98,9 @@ Candidates = Annotated[
     typer.Option(
         "--candidate",
         metavar="SPEC",
-        help="A spec the budget may give a tensor (repeatable; SPEC as in --rule). "
-        "Default: the spec options at every bit width from 2 to 8, and keep.",
+        help="A spec the budget may give a tensor (repeatable; SPEC as in --rule; with "
+        "--type, a ggml type). Default: the spec options at every bit width from 2 to 8, "
+        "and keep (with --type: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0 and keep).",
         show_default=False,
     ),
 ]

@@ -12,7 +12,7 @@ Tensors stream one at a time: the header is computed from the plan, then each te
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -35,6 +35,14 @@ from quantcli.io.detect import open_input
 from quantcli.io.gguf_file import GGUFReader, GGUFValue, GGUFValueType, field_values
 from quantcli.io.gguf_writer import GGUFWriter
 from quantcli.io.source import TensorSource
+from quantcli.ops.gguf_plan import (
+    TypeBudget,
+    TypePlan,
+    TypeRule,
+    measure_types,
+    rule_types,
+    type_bytes,
+)
 from quantcli.ops.outputs import input_paths, is_stdio, write_file
 
 FILE_TYPE_KEY = "general.file_type"
@@ -86,6 +94,7 @@ class GGUFCompressResult:
     tensors: list[GGUFTensorResult] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     format: str = "gguf"
+    plan: TypePlan | None = None  # the budget's allocation, when one chose the types
 
     @property
     def retyped(self) -> list[GGUFTensorResult]:
@@ -118,10 +127,12 @@ class GGUFCompressResult:
 
     @property
     def stats(self) -> ErrorStats:
-        """The error over every re-typed tensor together."""
+        """The error over every re-typed tensor together (measured ones: a plan made without
+        writing has measured only the tensors its budget decided)."""
         total = ErrorStats()
         for t in self.retyped:
-            total = total.merge(t.stats)
+            if t.stats is not None:
+                total = total.merge(t.stats)
         return total
 
 
@@ -200,6 +211,72 @@ def default_output(input: str, mix: Mix) -> str:
     return str(path.with_name(f"{stem}.{mix.name}.gguf"))
 
 
+def choose_types(
+    source: TensorSource,
+    mix: Mix,
+    fallback: bool = True,
+    exclude: tuple[str, ...] = (),
+    rules: Sequence[TypeRule] = (),
+    budget: TypeBudget | TypePlan | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[list[TensorFacts], list[TensorChoice], TypePlan | None]:
+    """Every tensor's type: the mix's, then the rules', then the budget's allocation
+    (``quantcli.ops.gguf_plan``), which measures each candidate type on each tensor it
+    decides (``progress`` follows that pass); or an allocation made before (a TypePlan)."""
+    facts = tensor_facts(source)
+    kept = excluded(facts, exclude)
+    model = model_facts(source)
+    assigned = rule_types(rules, plan_types(facts, model, mix, True, kept), source.label)
+    plan = budget if isinstance(budget, TypePlan) else None
+    if isinstance(budget, TypeBudget):
+        fixed = plan_types(facts, model, mix, fallback, kept, assigned)
+        plan = measure_types(
+            source, facts, fixed, assigned, budget, encode_tensor, fallback, progress
+        )
+    if plan is not None:
+        assigned = {**assigned, **plan.assigned()}
+    choices = plan_types(facts, model, mix, fallback, kept, assigned)
+    for choice in choices:
+        if choice.retyped:
+            check_retypable(choice, source.label)
+    return facts, choices, plan
+
+
+def _gguf_source(source: TensorSource) -> GGUFReader:
+    if not isinstance(source, GGUFReader):
+        raise InputError(
+            f"not a GGUF file in {source.label}: a GGUF output is made from the model's "
+            "F16 or F32 GGUF, which holds the architecture and tokenizer metadata llama.cpp "
+            "needs; convert the model with llama.cpp's convert_hf_to_gguf.py --outtype f16, "
+            "then run quant compress on that file"
+        )
+    return source
+
+
+def plan_gguf(
+    input: str,
+    mix: Mix,
+    fallback: bool = True,
+    exclude: tuple[str, ...] = (),
+    rules: Sequence[TypeRule] = (),
+    budget: TypeBudget | None = None,
+    progress: ProgressFn | None = None,
+) -> GGUFCompressResult:
+    """What ``compress_gguf`` would write, without writing (``--dry-run``): each tensor's
+    type and stored bytes; the errors of the tensors a budget measured (others: None)."""
+    with open_input(input) as source:
+        source = _gguf_source(source)
+        facts, choices, plan = choose_types(source, mix, fallback, exclude, rules, budget, progress)
+        result = GGUFCompressResult(source.label, "", mix, plan=plan)
+        measured = {t.name: t.choice.stats for t in plan.tensors} if plan else {}
+        for choice, t in zip(choices, facts):
+            nbytes = source.tensor(t.name).nbytes
+            out = type_bytes(choice.type, t.shape, t.type, nbytes)
+            stats = measured.get(t.name) if choice.retyped else None
+            result.tensors.append(GGUFTensorResult(choice, t.shape, nbytes, out, stats))
+    return result
+
+
 def compress_gguf(
     input: str,
     output: str | None,
@@ -208,24 +285,19 @@ def compress_gguf(
     exclude: tuple[str, ...] = (),
     force: bool = False,
     progress: ProgressFn | None = None,
+    rules: Sequence[TypeRule] = (),
+    budget: TypeBudget | TypePlan | None = None,
 ) -> GGUFCompressResult:
-    """Write ``input`` (an F16/F32 GGUF file) re-typed by ``mix`` into ``output`` (a path,
-    ``-`` for stdout, None for the default beside the input)."""
+    """Write ``input`` (an F16/F32 GGUF file) re-typed by ``mix`` (then ``rules``, then the
+    allocation of ``budget``, or the one ``plan_gguf`` made) into ``output`` (a path, ``-``
+    for stdout, None for the default beside the input)."""
     with open_input(input) as source:
-        if not isinstance(source, GGUFReader):
-            raise InputError(
-                f"not a GGUF file in {source.label}: a GGUF output is made from the model's "
-                "F16 or F32 GGUF, which holds the architecture and tokenizer metadata llama.cpp "
-                "needs; convert the model with llama.cpp's convert_hf_to_gguf.py --outtype f16, "
-                "then run quant compress on that file"
-            )
-        facts = tensor_facts(source)
-        choices = plan_types(facts, model_facts(source), mix, fallback, excluded(facts, exclude))
-        for choice in choices:
-            if choice.retyped:
-                check_retypable(choice, source.label)
+        source = _gguf_source(source)
+        facts, choices, type_plan = choose_types(
+            source, mix, fallback, exclude, rules, budget, progress
+        )
         output = output or default_output(input, mix)
-        result = GGUFCompressResult(source.label, output, mix)
+        result = GGUFCompressResult(source.label, output, mix, plan=type_plan)
         fields = dict(source.fields)
         fields[QUANTIZATION_VERSION_KEY] = GGUFValue(GGUFValueType.UINT32, QUANTIZATION_VERSION)
         fields[FILE_TYPE_KEY] = GGUFValue(GGUFValueType.UINT32, mix.ftype)

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from quantcli.core.ggml import FALLBACK_TYPES, GGML_TYPES, BlockSizeError
 from quantcli.errors import SpecError
 
+#: an assigned type that keeps a tensor as it is
+KEEP = "keep"
+
 #: llama.cpp's GGML_QNT_VERSION, written as ``general.quantization_version``.
 QUANTIZATION_VERSION = 2
 
@@ -156,7 +159,8 @@ class TensorChoice:
     """The decision for one tensor.
 
     type: the ggml type it is written in (its own type when kept); asked: the type the mix
-    chose before a fallback (None when it fits); reason: why it is kept, for kept tensors.
+    chose before a fallback (None when it fits); reason: why it is kept, for kept tensors;
+    by: what chose the type when not the mix's rules (``--rule '...'``, ``budget``).
     ``retyped`` is False when the bytes are copied as they are.
     """
 
@@ -165,6 +169,7 @@ class TensorChoice:
     source_type: str
     asked: str | None = None
     reason: str = ""
+    by: str = ""
 
     @property
     def retyped(self) -> bool:
@@ -399,14 +404,18 @@ def plan_types(
     mix: Mix,
     fallback: bool = True,
     exclude: Sequence[str] = (),
+    assigned: Mapping[str, tuple[str, str]] | None = None,
 ) -> list[TensorChoice]:
     """One TensorChoice per tensor, in the order of ``tensors``.
 
     The counters of llama.cpp's rules run in its own order (``llama_order``), whatever the
     file's order, so the choices are those llama-quantize makes. ``exclude``: names kept as
     they are (already matched by the caller's globs). ``fallback=False``: a tensor whose rows
-    do not fit its type is a BlockSizeError instead of falling back.
+    do not fit its type is a BlockSizeError instead of falling back. ``assigned``: name ->
+    (type, what chose it) for tensors the mix quantizes, in place of the mix's type, as
+    llama-quantize's ``--tensor-type``; ``KEEP`` keeps the tensor as it is.
     """
+    assigned = assigned or {}
     excluded = set(exclude)
     counters = _Counters(tensors, facts)
     choices: dict[int, TensorChoice] = {}
@@ -417,7 +426,17 @@ def plan_types(
             choices[i] = TensorChoice(t.name, t.type, t.type, reason=reason)
             continue
         cat = category(t.name)
+        # the counters advance on every tensor, as llama.cpp's do with --tensor-type
         wanted = mix.default if mix.pure else _mix_type(t, cat, mix, facts, counters)
+        by = ""
+        if t.name in assigned:
+            wanted, by = assigned[t.name]
+            if wanted == KEEP:
+                choices[i] = TensorChoice(t.name, t.type, t.type, reason=f"kept: {by}", by=by)
+                continue
+            if wanted in ("F32", "F16", "BF16"):
+                choices[i] = TensorChoice(t.name, wanted, t.type, by=by)
+                continue
         row = t.shape[-1]
         written, asked = fitted_type(t.name, wanted, row)
         if asked is not None and not fallback:
@@ -427,11 +446,12 @@ def plan_types(
                 f"llama.cpp's fallback to {written}; drop --no-fallback, or keep the tensor "
                 f"with --exclude '{t.name}'"
             )
-        choices[i] = TensorChoice(t.name, written, t.type, asked)
+        choices[i] = TensorChoice(t.name, written, t.type, asked, by=by)
     return [choices[i] for i in range(len(tensors))]
 
 
 __all__ = [
+    "KEEP",
     "MIXES",
     "QUANTIZATION_VERSION",
     "Mix",
