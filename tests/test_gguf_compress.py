@@ -215,7 +215,12 @@ def test_table_shows_types_and_fallbacks(model, tmp_path):
     out = tmp_path / "q.gguf"
     result = ok("compress", model, "-o", out, "--type", "Q4_K_M")
     assert result.stdout == ""
-    rows = {line.split()[0]: line for line in result.stderr.splitlines() if line.strip()}
+    # the table's rows: a name, then a shape (the summary under the table wraps)
+    rows = {
+        line.split()[0]: line
+        for line in result.stderr.splitlines()
+        if len(line.split()) > 1 and line.split()[1].startswith("(")
+    }
     assert rows["blk.0.attn_v.weight"].split()[3] == "Q6_K"
     assert rows["blk.1.attn_v.weight"].split()[3] == "Q4_K"
     assert "Q8_0 (fallback)" in rows["blk.0.ffn_down.weight"]
@@ -225,9 +230,12 @@ def test_table_shows_types_and_fallbacks(model, tmp_path):
     assert "from F16 x 57, F32 x 1)" in " ".join(result.stderr.split())
     summary = " ".join(result.stderr.split())  # the summary wraps at the terminal's width
     assert "8 tensors fell back to another type" in summary
-    assert "blk.0.ffn_down.weight Q6_K>Q8_0" in summary
-    assert "blk.1.ffn_down.weight Q4_K>Q5_0" in summary
+    assert "blk.0.ffn_down.weight Q6_K -> Q8_0" in summary
+    assert "blk.1.ffn_down.weight Q4_K -> Q5_0" in summary
     assert "SQNR" in result.stderr
+    # sizes in two columns, never "64K>17K"; the summary says how much smaller
+    assert len(rows) == 75 and not [line for line in rows.values() if ">" in line]
+    assert "MiB -> " in result.stderr and "x smaller)" in result.stderr
 
 
 def test_order_and_alignment_carried_over(tmp_path):
@@ -265,7 +273,7 @@ def test_fallback_to_f16_and_no_fallback(tmp_path):
     tensor = next(t for t in gguf.GGUFReader(str(out)).tensors if t.name == "blk.0.attn_q.weight")
     assert tensor.tensor_type == gguf.GGMLQuantizationType.F16
     assert np.array_equal(tensor.data, arrays["blk.0.attn_q.weight"].astype(np.float16))
-    assert "F16 (fallback)" in result.stderr and "attn_q.weight Q4_K>F16" in result.stderr
+    assert "F16 (fallback)" in result.stderr and "attn_q.weight Q4_K -> F16" in result.stderr
 
     refused = tmp_path / "refused.gguf"
     line = assert_fails(

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from quantcli.cli.render import err_console, fmt_metric, fmt_shape, human_bytes, out_console
+from quantcli.cli.render import (
+    err_console,
+    fmt_metric,
+    fmt_shape,
+    human_bytes,
+    out_console,
+    size_change,
+)
 from quantcli.cli.table import Column, printable, render
 from quantcli.cli.tables import dtype_name, metadata_lines
 
@@ -148,7 +155,8 @@ COMPRESS_COLUMNS = [
     Column("bits/w", "right", drop=3),
     Column("MSE", "right", drop=5),
     Column("SQNR", "right", drop=2),
-    Column("size", "right", drop=6),
+    Column("size", "right", drop=7),
+    Column("stored", "right", drop=6),
 ]
 
 
@@ -158,7 +166,7 @@ def gguf_compress_table(result: GGUFCompressResult, console: Console | None = No
     on its row, and counts in the summary's bits per weight."""
     rows = []
     for t in result.tensors:
-        size = f"{human_bytes(t.bytes_in)}>{human_bytes(t.bytes_out)}"
+        size = [human_bytes(t.bytes_in), human_bytes(t.bytes_out)]
         if t.retyped:
             s = t.stats
             metrics = [fmt_metric(s.mse), fmt_metric(s.sqnr_db)] if s else ["", ""]
@@ -166,7 +174,7 @@ def gguf_compress_table(result: GGUFCompressResult, console: Console | None = No
         else:
             metrics = ["", ""]
             kind = f"{t.choice.type} {t.choice.reason or '(already)'}"
-        rows.append([t.name, fmt_shape(t.shape), kind, _bpw(t.bits_per_weight), *metrics, size])
+        rows.append([t.name, fmt_shape(t.shape), kind, _bpw(t.bits_per_weight), *metrics, *size])
     stats = result.stats
     footer = [
         [
@@ -176,7 +184,8 @@ def gguf_compress_table(result: GGUFCompressResult, console: Console | None = No
             _bpw(result.file_bits_per_weight),
             fmt_metric(stats.mse) if stats.count else "",
             fmt_metric(stats.sqnr_db) if stats.count else "",
-            f"{human_bytes(result.bytes_in)}>{human_bytes(result.bytes_out)}",
+            human_bytes(result.bytes_in),
+            human_bytes(result.bytes_out),
         ]
     ]
     mix = result.mix
@@ -197,6 +206,8 @@ def gguf_compress_table(result: GGUFCompressResult, console: Console | None = No
         f"{type_counts([t.choice.type for t in result.tensors])}; SQNR in dB"
     )
     console.print(line)
+    if result.output:
+        console.print(size_change(result.bytes_in, result.bytes_out))
     plan = result.plan
     if plan is not None:
         n_fixed = sum(1 for t in result.tensors if t.choice.by.startswith("--rule"))
@@ -210,6 +221,6 @@ def gguf_compress_table(result: GGUFCompressResult, console: Console | None = No
         console.print(
             f"{len(fallbacks)} tensor{'s' if len(fallbacks) != 1 else ''} fell back to another "
             "type (rows not a multiple of the block), as llama.cpp does: "
-            + ", ".join(f"{t.name} {t.choice.asked}>{t.choice.type}" for t in fallbacks)
+            + ", ".join(f"{t.name} {t.choice.asked} -> {t.choice.type}" for t in fallbacks)
             + "; --no-fallback makes this an error"
         )
