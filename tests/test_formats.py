@@ -132,6 +132,24 @@ def test_fp8_is_the_ml_dtypes_cast_of_the_clipped_ratio(scheme, dtype, granulari
     )
 
 
+@pytest.mark.parametrize("scheme, dtype", [("fp8", E4M3), ("fp8-e5m2", E5M2)])
+@pytest.mark.parametrize("scale_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("size", [1e-2, 1e-4, 3e-5, 1e-37])
+def test_fp8_with_narrow_scales_is_the_cast_of_the_clipped_ratio(scheme, dtype, scale_dtype, size):
+    """Small weights get subnormal f16 / bf16 scales, which round far below amax / max: the
+    ratio then passes the max and must saturate, as the clipped cast does (no NaN codes)."""
+    x = (gaussian((32, 256), seed=5) * np.float32(size)).astype(np.float32)
+    qt = quantize(x, QuantSpec(scheme, granularity="channel", scale_dtype=scale_dtype))
+    stored = qt.scale.astype(np.float32).reshape(-1, 1)
+    narrow = np.float16 if scale_dtype == "float16" else ml_dtypes.bfloat16
+    with np.errstate(over="ignore"):
+        ratio = (x / stored).astype(narrow).astype(np.float32)  # the model-dtype division
+    top = np.float32(ml_dtypes.finfo(dtype).max)
+    expected = np.clip(ratio, -top, top).astype(dtype)
+    np.testing.assert_array_equal(qt.codes.view(np.uint8), expected.view(np.uint8))
+    assert not np.isnan(qt.codes.astype(np.float32)).any()
+
+
 def test_fp8_saturates_past_its_max_instead_of_nan():
     # percentile calibration clips the range; values past it land on +-448, never NaN (ml_dtypes
     # alone turns 480 and up into NaN)

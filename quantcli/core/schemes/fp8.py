@@ -72,10 +72,14 @@ class FP8(Scheme):
         with np.errstate(over="ignore"):
             np.divide(x, scale, out=t)
         round_to_model_dtype(t, spec)  # the library divides in the model's dtype
-        # min-max calibration keeps |t| within the max up to rounding (a bf16 or f16 scale as
-        # stored, or the quotient in that dtype: under 1 %), far below the midpoint past it
-        # (E4M3: 464), where the cast would start to differ from the saturated one
-        saturate = spec.calibration != "minmax" or spec.search != "none"
+        # min-max calibration with float32 scales keeps |t| within the max but for the
+        # rounding of the quotient, far below the midpoint past it (E4M3: 464) where the cast
+        # would start to differ from the saturated one. A bf16 or f16 scale as stored can be
+        # far smaller than amax / max when it is subnormal (f16 below 6e-5: weights under
+        # 0.03), so those saturate
+        saturate = (
+            spec.calibration != "minmax" or spec.search != "none" or spec.scale_dtype != "float32"
+        )
         encode_bits(t, self.code_dtype, out.view(np.uint8), saturate)
 
     def decode(self, codes, scale, zero_point, out: np.ndarray) -> None:

@@ -41,11 +41,13 @@ class MiniFloat:
         self.midpoints = ((positive[:-1].astype(np.float64) + positive[1:]) / 2).astype(np.float32)
         self.ties_up = np.arange(k - 1) % 2 == 1  # above an odd code: the tie goes up
 
-    def encode(self, t: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Codes (uint8, ``out``: t's shape, C-contiguous) of float32 ``t``; returns ``out``."""
-        magnitude = np.abs(t, out=scratch("minifloat-abs", t.shape, np.float32))
-        count_above(magnitude, self.midpoints, self.ties_up, out)
+    def encode(self, t: np.ndarray, out: np.ndarray, overwrite: bool = False) -> np.ndarray:
+        """Codes (uint8, ``out``: t's shape) of float32 ``t``; returns ``out``. ``overwrite``:
+        ``t`` is scratch and may be overwritten (one buffer less in cache)."""
         negative = np.signbit(t, out=scratch("minifloat-sign", t.shape, np.bool_))
+        magnitude = t if overwrite else scratch("minifloat-abs", t.shape, np.float32)
+        np.abs(t, out=magnitude)
+        count_above(magnitude, self.midpoints, self.ties_up, out)
         sign = negative.view(np.uint8)
         # a byte multiply: NumPy's byte shift has no vector loop and is 10x slower
         np.multiply(sign, np.uint8(self.sign_bit), out=sign)

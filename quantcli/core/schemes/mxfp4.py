@@ -54,7 +54,7 @@ class E2M1Scheme(Scheme):
         t = scratch("encode", x.shape, np.float32)
         with np.errstate(over="ignore"):  # a far outlier saturates at 6
             np.divide(x, scale, out=t)
-        e2m1.encode(t, out)
+        e2m1.encode(t, out, overwrite=True)
 
     def decode(self, codes, scale, zero_point, out: np.ndarray) -> None:
         np.take(e2m1.VALUES, codes, out=out)

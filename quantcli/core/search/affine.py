@@ -427,9 +427,11 @@ def _search_integer(y, w, nmax, grid, steps, bounds):
     zs = np.empty((len(grid), g))
 
     rounded = buffer("rounded", y.shape)
-    # the candidates' codes are small integers: clipped in int16, 2x faster than in float32
-    rounded16 = buffer("rounded16", y.shape, np.int16)
-    codes16 = buffer("codes16", y.shape, np.int16)
+    # the candidates' codes are small integers: clipped in int8 (int16 at 8 bits), 2-3x
+    # faster than in float32
+    small = np.int8 if nmax <= 127 else np.int16
+    rounded_int = buffer("rounded-int", y.shape, small)
+    codes_int = buffer("codes-int", y.shape, small)
 
     def codes(z) -> None:
         """t <- clip(rint(y * iscale) + z, 0, nmax) - z, the codes around the zero point, from
@@ -446,13 +448,13 @@ def _search_integer(y, w, nmax, grid, steps, bounds):
             np.multiply(y, np.float32(iscale), out=rounded)
             np.rint(rounded, out=rounded)
             # clip(r + z, 0, nmax) - z = clip(r, -z, nmax - z): within [-nmax, nmax] whatever
-            # z, so clipping r to it first changes no code and keeps it an int16
+            # z, so clipping r to it first changes no code and keeps it a small integer
             np.clip(rounded, -nmax, nmax, out=rounded)
-            np.copyto(rounded16, rounded, casting="unsafe")
-        z16 = zs[k].astype(np.int16)
-        np.maximum(rounded16, -z16, out=codes16)
-        np.minimum(codes16, nmax - z16, out=codes16)
-        np.copyto(t, codes16)
+            np.copyto(rounded_int, rounded, casting="unsafe")
+        z_int = zs[k].astype(small)
+        np.maximum(rounded_int, -z_int, out=codes_int)
+        np.minimum(codes_int, nmax - z_int, out=codes_int)
+        np.copyto(t, codes_int)
         _integer_sums(y, t, w, wk, sums[:, k])
     best_s, best_score, k = _fit_integer(sums)
     fallback = np.clip(np.rint(-lo_n * nmax / 2), 0, nmax)
