@@ -47,6 +47,8 @@ class Grid:
             raise SpecError(f"levels of grid {self.name}: need 2 or more, strictly increasing")
         if levels[0] > 0 or levels[-1] < 0 or 0 not in levels:
             raise SpecError(f"levels of grid {self.name}: 0 must be one of them")
+        if self.kind == "float" and self.format is None:
+            raise SpecError(f"float grid {self.name}: needs its format; make it with float_grid")
         object.__setattr__(self, "levels", levels)
         midpoints = (levels[1:].astype(np.float64) + levels[:-1]) / 2
         object.__setattr__(self, "_midpoints", midpoints.astype(np.float32))
