@@ -17,6 +17,8 @@ from test_core_edge_values import EDGE_CASES
 from quantcli.core import QuantSpec, quantize
 from quantcli.core.schemes import SCHEMES, e2m1
 from quantcli.core.schemes.nf4 import NF4
+from quantcli.core.search import E2M1, float_grid
+from quantcli.core.search import NF4 as NF4_GRID
 from quantcli.errors import SpecError
 
 E4M3 = ml_dtypes.float8_e4m3fn
@@ -62,6 +64,49 @@ def test_e2m1_ties_go_to_the_even_code():
     np.testing.assert_array_equal(e2m1.decode(out), [0, 1, 1, 2, 2, 4, 4, -0.0, -4])
 
 
+@pytest.mark.parametrize(
+    "args, dtype",
+    [
+        (("e2m1", 2, 1, 6.0), ml_dtypes.float4_e2m1fn),
+        (("e3m2", 3, 2, 28.0), ml_dtypes.float6_e3m2fn),
+        (("e2m3", 2, 3, 7.5), ml_dtypes.float6_e2m3fn),
+    ],
+)
+def test_small_float_codes_equal_ml_dtypes_casts(args, dtype):
+    """The comparison kernel (schemes/minifloat.py) for any small float without inf or NaN:
+    its codes are the cast's bit patterns, ties and saturation included."""
+    grid = float_grid(*args)
+    fmt = grid.format
+    values = fmt.positive
+    points = np.concatenate([values, (values[:-1] + values[1:]) / 2, [values[-1] * 2, 1e30]])
+    points = points.astype(np.float32)
+    near = [points, np.nextafter(points, np.float32(np.inf)), np.nextafter(points, np.float32(0))]
+    dense = np.random.default_rng(4).uniform(-40, 40, 50_000).astype(np.float32)
+    t = np.concatenate([*near, dense, [0.0, -0.0, np.inf, -np.inf, 1e-45]]).astype(np.float32)
+    t = np.concatenate([t, -t])
+    codes = fmt.encode(t, np.empty(t.shape, np.uint8))
+    np.testing.assert_array_equal(codes, t.astype(dtype).view(np.uint8))
+
+
+def test_search_grids_round_as_the_schemes_encode():
+    """One rounding per format: the searches' E2M1 and NF4 grids give the values of the codes
+    the mxfp4 / nvfp4 and nf4 schemes write, exact midpoints included."""
+    rng = np.random.default_rng(6)
+    mids_e2m1 = (e2m1.GRID[:-1] + e2m1.GRID[1:]) / 2
+    t = np.concatenate([rng.uniform(-7, 7, 20_000), mids_e2m1, -mids_e2m1]).astype(np.float32)
+    codes = np.empty(t.shape, np.uint8)
+    e2m1.encode(t, codes)
+    out = np.empty_like(t)
+    E2M1.nearest(t, out)
+    np.testing.assert_array_equal(out, e2m1.decode(codes))
+    mids_nf4 = (NF4[:-1] + NF4[1:]) / 2
+    t = np.concatenate([rng.uniform(-1.2, 1.2, 20_000), mids_nf4]).astype(np.float32)
+    codes = np.empty(t.shape, np.uint8)
+    SCHEMES["nf4"].encode(t, np.float32(1), None, QuantSpec("nf4"), codes)
+    NF4_GRID.nearest(t, out := np.empty_like(t))
+    np.testing.assert_array_equal(out, NF4[codes])
+
+
 # -- FP8 -------------------------------------------------------------------------------------
 
 
@@ -85,6 +130,24 @@ def test_fp8_is_the_ml_dtypes_cast_of_the_clipped_ratio(scheme, dtype, granulari
     np.testing.assert_array_equal(
         qt.dequantize(), (expected.astype(np.float32) * scale).reshape(x.shape)
     )
+
+
+@pytest.mark.parametrize("scheme, dtype", [("fp8", E4M3), ("fp8-e5m2", E5M2)])
+@pytest.mark.parametrize("scale_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("size", [1e-2, 1e-4, 3e-5, 1e-37])
+def test_fp8_with_narrow_scales_is_the_cast_of_the_clipped_ratio(scheme, dtype, scale_dtype, size):
+    """Small weights get subnormal f16 / bf16 scales, which round far below amax / max: the
+    ratio then passes the max and must saturate, as the clipped cast does (no NaN codes)."""
+    x = (gaussian((32, 256), seed=5) * np.float32(size)).astype(np.float32)
+    qt = quantize(x, QuantSpec(scheme, granularity="channel", scale_dtype=scale_dtype))
+    stored = qt.scale.astype(np.float32).reshape(-1, 1)
+    narrow = np.float16 if scale_dtype == "float16" else ml_dtypes.bfloat16
+    with np.errstate(over="ignore"):
+        ratio = (x / stored).astype(narrow).astype(np.float32)  # the model-dtype division
+    top = np.float32(ml_dtypes.finfo(dtype).max)
+    expected = np.clip(ratio, -top, top).astype(dtype)
+    np.testing.assert_array_equal(qt.codes.view(np.uint8), expected.view(np.uint8))
+    assert not np.isnan(qt.codes.astype(np.float32)).any()
 
 
 def test_fp8_saturates_past_its_max_instead_of_nan():

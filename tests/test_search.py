@@ -14,6 +14,7 @@ from quantcli.core.search import (
     E2M1,
     NF4,
     AffineParams,
+    Grid,
     affine_error,
     affine_rtn,
     affine_search,
@@ -128,6 +129,10 @@ def test_grids_hold_the_formats_levels():
         codebook_grid("no zero", [-1.0, 1.0])
     with pytest.raises(SpecError):
         int_grid(9)
+    with pytest.raises(SpecError, match="needs its format"):
+        Grid("no format", np.array([-1.0, 0.0, 1.0]), "float")
+    with pytest.raises(SpecError, match="use fewer bits"):
+        float_grid("e5m3", 5, 3, 57344.0)  # more than 128 non-negative values
 
 
 # -- symmetric search ------------------------------------------------------------------------

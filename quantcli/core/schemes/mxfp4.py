@@ -54,7 +54,7 @@ class E2M1Scheme(Scheme):
         t = scratch("encode", x.shape, np.float32)
         with np.errstate(over="ignore"):  # a far outlier saturates at 6
             np.divide(x, scale, out=t)
-        e2m1.encode(t, out)
+        e2m1.encode(t, out, overwrite=True)
 
     def decode(self, codes, scale, zero_point, out: np.ndarray) -> None:
         np.take(e2m1.VALUES, codes, out=out)
@@ -72,6 +72,16 @@ class MXFP4(E2M1Scheme):
 
     def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         amax = np.maximum(hi, -lo).astype(np.float32)
+        bits = amax.view(np.int32)
+        biased = np.right_shift(bits, 23)  # the exponent field: 0 for 0 and subnormals
+        if biased.size and biased.min() > 4:
+            # every amax >= 2^-122: exponents and scales straight from the float32 bits
+            k = biased - 127  # floor(log2 amax)
+            if self.round_up:  # a mantissa of 1.75 or more rounds up; no overflow
+                k += np.bitwise_and(bits, 0x7FFFFF) >= 0x600000
+            exponent = np.minimum(k - 2, E8M0_MAX)  # >= -124: a normal float32 scale
+            scale = np.left_shift(exponent + 127, 23).view(np.float32)
+            return SymmetricParams(amax=amax, scale=scale)
         # floor(log2 a) from frexp: a = m 2^k with m in [0.5, 1) -> floor(log2 a) = k - 1
         m, k = np.frexp(amax)
         k = k.astype(np.int32) - 1

@@ -8,9 +8,9 @@ quant's blocks run along rows like every other group (``--granularity group``); 
 blocks of 64 run over the flattened tensor, so they match quant's groups exactly when the row
 length is a multiple of the block size, and otherwise straddle rows.
 
-The look-up is exact without a search: t * 2048 is exact in float32, so the bin
-k = floor(2048 t) fixes the code of its lower edge; no two midpoints share a bin, so one
-comparison with the next midpoint finishes it.
+The code is the number of midpoints t exceeds (``thresholds.count_above``: 15 byte-wide
+comparisons, which keep the ``>`` of bitsandbytes' tree at exact ties and need no clip), about
+3.5x faster than the bin look-up it replaces; the searches' NF4 grid counts the same midpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from quantcli.core.parallel import scratch
 from quantcli.core.schemes.base import Scheme, SymmetricParams, safe_scale
+from quantcli.core.schemes.thresholds import count_above
 
 if TYPE_CHECKING:
     from quantcli.core.spec import QuantSpec
@@ -34,18 +35,9 @@ NF4 = np.array(
     ],
     np.float32,
 )  # fmt: skip
-# the midpoint above each value (inf above the last), in float32 as bitsandbytes compares
-MIDPOINTS_UP = np.append((NF4[:-1] + NF4[1:]) / 2, np.float32(np.inf)).astype(np.float32)
-BINS = 2048  # per unit of t
-
-
-def _bin_codes() -> np.ndarray:
-    """uint8 (2 * BINS + 1,): the code of each bin's lower edge k / BINS - 1."""
-    edges = np.arange(-BINS, BINS + 1, dtype=np.float32) / np.float32(BINS)
-    return np.searchsorted(MIDPOINTS_UP[:-1], edges, side="left").astype(np.uint8)
-
-
-BIN_CODES = _bin_codes()
+# the 15 midpoints between consecutive values, in float32 as bitsandbytes compares
+MIDPOINTS = ((NF4[:-1] + NF4[1:]) / 2).astype(np.float32)
+TIES_DOWN = np.zeros(MIDPOINTS.size, bool)  # t > midpoint: an exact midpoint takes the lower
 
 
 class NF4Scheme(Scheme):
@@ -78,17 +70,7 @@ class NF4Scheme(Scheme):
         t = scratch("encode", x.shape, np.float32)
         with np.errstate(over="ignore"):
             np.divide(x, scale, out=t)
-        np.clip(t, -1, 1, out=t)
-        k = scratch("nf4-bin", x.shape, np.float32)
-        np.multiply(t, np.float32(BINS), out=k)
-        np.floor(k, out=k)
-        np.add(k, BINS, out=k)
-        index = scratch("nf4-index", x.shape, np.intp)
-        np.copyto(index, k, casting="unsafe")
-        np.take(BIN_CODES, index, out=out)
-        np.take(MIDPOINTS_UP, out, out=k)  # the midpoint above each value's code
-        above = np.greater(t, k, out=scratch("nf4-above", x.shape, bool))
-        np.add(out, above, out=out, casting="unsafe")
+        count_above(t, MIDPOINTS, TIES_DOWN, out)
 
     def decode(self, codes, scale, zero_point, out: np.ndarray) -> None:
         np.take(NF4, codes, out=out)

@@ -21,12 +21,14 @@ import ml_dtypes
 import numpy as np
 
 from quantcli.core.schemes.base import SymmetricParams
+from quantcli.core.schemes.fp8 import encode_bits
 from quantcli.core.schemes.mxfp4 import E2M1Scheme
 
 if TYPE_CHECKING:
     from quantcli.core.spec import QuantSpec
 
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+E4M3_VALUES = np.arange(256, dtype=np.uint8).view(E4M3).astype(np.float32)  # by code
 E4M3_MAX = 448.0
 E2M1_MAX = 6.0
 ZERO_BLOCK_SCALE = np.float32(0.125)
@@ -56,8 +58,11 @@ class NVFP4(E2M1Scheme):
         g = np.float32(tensor_scale.reshape(-1)[0])
         with np.errstate(over="ignore"):
             block = g * (amax / np.float32(E2M1_MAX))
-        block = np.clip(block, -E4M3_MAX, E4M3_MAX).astype(E4M3).astype(np.float32)
-        block = np.where(block == 0, ZERO_BLOCK_SCALE, block).astype(np.float32)
+        # E4M3(clip(block, -448, 448)) by the fp8 scheme's exact cast (ml_dtypes' is 30x
+        # slower), read back through the table of the 256 E4M3 values
+        codes = encode_bits(block, E4M3, np.empty(block.shape, np.uint8))
+        block = np.take(E4M3_VALUES, codes, mode="clip")  # 256 values: every byte in range
+        block[block == 0] = ZERO_BLOCK_SCALE
         # params hold the stored (E4M3) block scale; codes use effective_scale's
         return SymmetricParams(amax=amax, scale=block)
 

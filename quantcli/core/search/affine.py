@@ -426,25 +426,43 @@ def _search_integer(y, w, nmax, grid, steps, bounds):
     sums = buffer("sums", (2, len(grid), g))
     zs = np.empty((len(grid), g))
 
-    def codes(iscale, z) -> None:
-        """t <- clip(rint(y * iscale) + z, 0, nmax) - z, the codes around the zero point."""
+    rounded = buffer("rounded", y.shape)
+    # the candidates' codes are small integers: clipped in int8 (int16 at 8 bits), 2-3x
+    # faster than in float32
+    small = np.int8 if nmax <= 127 else np.int16
+    rounded_int = buffer("rounded-int", y.shape, small)
+    codes_int = buffer("codes-int", y.shape, small)
+
+    def codes(z) -> None:
+        """t <- clip(rint(y * iscale) + z, 0, nmax) - z, the codes around the zero point, from
+        ``rounded`` = rint(y * iscale) (the candidates of one multiplier share it)."""
         zf = z.astype(np.float32)
-        np.multiply(y, iscale, out=t)
-        np.rint(t, out=t)
-        np.add(t, zf, out=t)
+        np.add(rounded, zf, out=t)
         np.clip(t, 0, nmax, out=t)
         np.subtract(t, zf, out=t)
 
     for k, (mult, shift) in enumerate(grid):
         iscale = mult * nmax / 2
         zs[k] = np.clip(np.rint(nmax / 2 + shift - centre * iscale), 0, nmax)
-        codes(np.float32(iscale), zs[k])
+        if k == 0 or mult != grid[k - 1][0]:  # the shifts of one multiplier share the rounding
+            np.multiply(y, np.float32(iscale), out=rounded)
+            np.rint(rounded, out=rounded)
+            # clip(r + z, 0, nmax) - z = clip(r, -z, nmax - z): within [-nmax, nmax] whatever
+            # z, so clipping r to it first changes no code and keeps it a small integer
+            np.clip(rounded, -nmax, nmax, out=rounded)
+            np.copyto(rounded_int, rounded, casting="unsafe")
+        z_int = zs[k].astype(small)
+        np.maximum(rounded_int, -z_int, out=codes_int)
+        np.minimum(codes_int, nmax - z_int, out=codes_int)
+        np.copyto(t, codes_int)
         _integer_sums(y, t, w, wk, sums[:, k])
     best_s, best_score, k = _fit_integer(sums)
     fallback = np.clip(np.rint(-lo_n * nmax / 2), 0, nmax)
     best_z = np.where(best_score > 0, zs[k, np.arange(g)], fallback)
     for _ in range(steps):
-        codes((1 / best_s).astype(np.float32), best_z)
+        np.multiply(y, (1 / best_s).astype(np.float32), out=rounded)
+        np.rint(rounded, out=rounded)
+        codes(best_z)
         _integer_sums(y, t, w, wk, sums[:, 0])
         s, score, _ = _fit_integer(sums[:, :1])
         better = score > best_score
