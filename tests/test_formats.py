@@ -23,7 +23,17 @@ from quantcli.errors import SpecError
 
 E4M3 = ml_dtypes.float8_e4m3fn
 E5M2 = ml_dtypes.float8_e5m2
-NEW_FORMATS = ("fullrange", "fullrange-ct", "fp8", "fp8-e5m2", "nf4", "mxfp4", "mxfp4-ct", "nvfp4")
+NEW_FORMATS = (
+    "fullrange",
+    "fullrange-ct",
+    "zeropoint-ct",
+    "fp8",
+    "fp8-e5m2",
+    "nf4",
+    "mxfp4",
+    "mxfp4-ct",
+    "nvfp4",
+)
 
 
 def gaussian(shape=(64, 512), seed=11) -> np.ndarray:

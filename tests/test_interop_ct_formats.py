@@ -80,8 +80,10 @@ def observe(module: torch.nn.Module) -> None:
         lo, hi = weight.amin(-1, keepdim=True), weight.amax(-1, keepdim=True)
     else:
         lo, hi = weight.amin().reshape(1), weight.amax().reshape(1)
-    scale, _ = calculate_qparams(lo, hi, args, global_scale=g)
+    scale, zero_point = calculate_qparams(lo, hi, args, global_scale=g)
     module.weight_scale.data.copy_(scale)
+    if not args.symmetric:
+        module.weight_zero_point.data.copy_(zero_point)
 
 
 def library_compress(model: torch.nn.Module, quantization_config: dict) -> ModelCompressor:
@@ -115,7 +117,13 @@ def as_torch(array: np.ndarray) -> torch.Tensor:
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    return a.contiguous().view(torch.uint8).equal(b.contiguous().view(torch.uint8))
+    # flattened first: torch leaves a [n, 1] tensor with stride (1, n) as it is in contiguous()
+    return (
+        a.contiguous()
+        .reshape(-1)
+        .view(torch.uint8)
+        .equal(b.contiguous().reshape(-1).view(torch.uint8))
+    )
 
 
 def single(x: np.ndarray, spec: QuantSpec, dtype: torch.dtype):
@@ -148,6 +156,12 @@ def gaussian(shape=(96, 256), seed=0) -> np.ndarray:
 EQUAL = [
     *[
         (QuantSpec("fullrange-ct", b, g, group_size=64), d)
+        for b in (4, 8)
+        for g in ("channel", "group")
+        for d in (torch.float32, torch.bfloat16, torch.float16)
+    ],
+    *[
+        (QuantSpec("zeropoint-ct", b, g, group_size=64), d)
         for b in (4, 8)
         for g in ("channel", "group")
         for d in (torch.float32, torch.bfloat16, torch.float16)
@@ -279,8 +293,9 @@ def test_the_compressor_given_quants_scales_writes_quants_bytes(spec):
         (("--scheme", "fp8"), torch.bfloat16),
         (("--scheme", "nvfp4"), torch.float32),
         (("--scheme", "mxfp4-ct"), torch.bfloat16),
+        (("--scheme", "zeropoint-ct", "--bits", "4", "--group-size", "32"), torch.bfloat16),
     ],
-    ids=["fullrange-ct-bf16", "fp8-bf16", "nvfp4-f32", "mxfp4-ct-bf16"],
+    ids=["fullrange-ct-bf16", "fp8-bf16", "nvfp4-f32", "mxfp4-ct-bf16", "zeropoint-ct-bf16"],
 )
 def test_a_model_folder_is_the_librarys_byte_for_byte(tmp_path, scheme, dtype):
     """quant compress on a folder against the library quantizing and compressing the same

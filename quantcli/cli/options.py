@@ -13,6 +13,7 @@ class Scheme(str, Enum):
 
     absmax = "absmax"
     zeropoint = "zeropoint"
+    zeropoint_ct = "zeropoint-ct"
     fullrange = "fullrange"
     fullrange_ct = "fullrange-ct"
     fp8 = "fp8"

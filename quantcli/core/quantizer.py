@@ -152,8 +152,10 @@ def quantize(
         scheme.encode(part, scale, zp, spec, out=out)
         if spec.calibration == "percentile":
             if p.empty.any():
-                # the range is the point 0: every value of the group is clipped to exactly 0
-                np.copyto(out, scheme.zero_code, where=tiles.expand(p.empty, part))
+                # the range is the point 0: every value of the group is clipped to exactly 0,
+                # whose code is the zero point where there is one
+                zero = scheme.zero_code if zp is None else zp
+                np.copyto(out, zero, where=tiles.expand(p.empty, part), casting="unsafe")
             if scheme.integer:
                 _clip_to_range_codes(tiles, spec, part, out, p)
         if pack_chunks:

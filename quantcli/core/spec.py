@@ -205,8 +205,9 @@ class QuantSpec:
     def label(self, short: bool = False) -> str:
         """``absmax int8 channel(0)``, ``zeropoint uint4 group(128) p99.9 float16 scales``;
         short enough for an 80-column table: ``absmax i8 ch``, ``zp u4 g128 p99.9 f16``."""
-        if self.scheme in ("absmax", "zeropoint", "fullrange", "fullrange-ct"):
-            scheme = "zp" if short and self.scheme == "zeropoint" else self.scheme
+        if self.scheme in ("absmax", "zeropoint", "zeropoint-ct", "fullrange", "fullrange-ct"):
+            short_names = {"zeropoint": "zp", "zeropoint-ct": "zp-ct"} if short else {}
+            scheme = short_names.get(self.scheme, self.scheme)
             kind = ("i" if short else "int") if self.signed else ("u" if short else "uint")
             text = f"{scheme} {kind}{self.bits}"
         else:

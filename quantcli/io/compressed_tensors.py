@@ -151,6 +151,7 @@ MXFP4 = CTFormat(MXFP4_PACK_QUANTIZED, "float", (4,), ("group",), "nibbles", "e8
 FORMATS = {
     "absmax": PACK,
     "zeropoint": PACK,
+    "zeropoint-ct": PACK,
     "fullrange": PACK,
     "fullrange-ct": PACK,
     "fp8": FP8,
@@ -167,7 +168,7 @@ _REFUSED = {
 }
 _TORCH_SCALE_DTYPES = {"e4m3": "torch.float8_e4m3fn", "e8m0": "torch.uint8"}
 # the library's compressor writes these scales where quant writes 1 (a group of zeros)
-_LIBRARY_ZERO_SCALE = ("fullrange-ct", "fp8")
+_LIBRARY_ZERO_SCALE = ("fullrange-ct", "zeropoint-ct", "fp8")
 
 
 def scale_dtype_for(dtype: np.dtype) -> str:
@@ -402,10 +403,15 @@ def stored_arrays(
         return result
     bits = spec.bits
     row_bytes = codes.view(np.uint8).reshape(out_f, -1)
+    if spec.scheme in _LIBRARY_ZERO_SCALE:
+        # codes in the signed convention: 0 throughout a group of zeros
+        signed = (
+            unpack(row_bytes, bits, in_f, signed=False).astype(np.int16) - 2 ** (bits - 1)
+            if spec.has_zero_point
+            else unpack(row_bytes, bits, in_f, signed=True)
+        )
+        scale = _library_zero_scale(spec, scale.reshape(layout[1][2]), signed)
     if not spec.has_zero_point:
-        if spec.scheme in _LIBRARY_ZERO_SCALE:
-            signed = unpack(row_bytes, bits, in_f, signed=True)
-            scale = _library_zero_scale(spec, scale.reshape(layout[1][2]), signed)
         # two's complement code c -> offset c + 2**(b-1): the top bit of every field flips
         flip = np.uint8(0x80 if bits == 8 else 0x88)
         row_bytes = row_bytes ^ flip
@@ -420,7 +426,7 @@ def stored_arrays(
     if spec.has_zero_point:
         zp = np.asarray(arrays[name + ZERO_POINT_SUFFIX], np.uint8).reshape(out_f, -1)
         packed = pack_int32(np.ascontiguousarray(zp.T), bits)  # along dim 0
-        result.append((layout[3][0], np.ascontiguousarray(packed.T)))
+        result.append((layout[3][0], packed.T.copy()))  # canonical strides, even for [n, 1]
     return result
 
 
@@ -428,8 +434,9 @@ def _library_zero_scale(spec: QuantSpec, scale: np.ndarray, codes: np.ndarray) -
     """``scale`` ([out, 1], [out, groups] or [1]) with the library's value for a group of
     zeros where quant stores 1: the machine epsilon of the scale dtype (compressed-tensors'
     observer replaces a zero scale by it). Only for the library's own rules (fullrange-ct,
-    fp8), so their bytes match its compressor's; every code of such a group is 0, so no
-    restored value changes. codes: [out, in], zero where the element's code is 0."""
+    zeropoint-ct, fp8), so their bytes match its compressor's; every code of such a group is
+    0 (its zero point, for zeropoint-ct), so no restored value changes. codes: [out, in], in
+    the signed convention: zero where the element's code is 0."""
     if spec.scheme not in _LIBRARY_ZERO_SCALE or spec.calibration != "minmax":
         return scale
     rows = codes.shape[0]

@@ -11,12 +11,14 @@ from quantcli.core.schemes.mxfp4 import MXFP4, MXFP4CT
 from quantcli.core.schemes.nf4 import NF4Scheme
 from quantcli.core.schemes.nvfp4 import NVFP4
 from quantcli.core.schemes.zeropoint import Zeropoint
+from quantcli.core.schemes.zeropoint_ct import ZeropointCT
 
 SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in (
         Absmax(),
         Zeropoint(),
+        ZeropointCT(),
         Fullrange(),
         FullrangeCT(),
         FP8(),
