@@ -15,6 +15,9 @@ steps: each group's pair of codes is chosen among the floor and ceiling of its f
 and offset over d and dmin (four pairs, each measured on the group's own weights), then
 (d, dmin) is refit by least squares to the weights with those codes. A super-block keeps
 a step only where its error falls, and the result is never worse than llama.cpp's rule.
+
+``quant compress --scale-dtype k4 / k6 / k8 --search mse`` chooses its two-level scales with
+it (``core/two_level.py``; with ``--search none``, llama.cpp's rule alone: refinements=0).
 """
 
 from __future__ import annotations
