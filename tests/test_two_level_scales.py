@@ -245,6 +245,29 @@ def test_compress_then_decompress_matches_a_numpy_decode_of_the_file(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("suffix", "value", "words"),
+    [
+        (".super_scale", np.inf, "invalid super-block scale"),
+        (".super_min", -1.0, "invalid super-block scale"),
+    ],
+)
+def test_a_damaged_super_block_pair_is_refused(tmp_path, suffix, value, words):
+    src = tmp_path / "w.npy"
+    np.save(src, gaussian((8, 256)))
+    out = tmp_path / "w.q.safetensors"
+    args = ["--scheme", "zeropoint", "--bits", "4", "--group-size", "32", "--scale-dtype", "k6"]
+    assert quant("compress", src, "-o", out, *args, "-q").exit_code == 0
+    with safe_open(str(out), "numpy") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["w" + suffix][3, 0] = value
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(tensors, str(damaged), metadata=meta)
+    restored = tmp_path / "r.npy"
+    line = one_error_line(quant("decompress", damaged, "-o", restored), 1, words, "w" + suffix)
+    assert "re-run quant compress" in line and not restored.exists()
+
+
+@pytest.mark.parametrize(
     ("bits", "group", "kind", "per", "expected"),
     [
         (4, 32, "k6", 8, 4.5),  # Q4_K's storage
@@ -399,6 +422,8 @@ def test_report_sweeps_two_level_scales(tmp_path):
     assert rows["zp u4 g32 k6x8"]["bits_per_weight"] == 4.5
     assert rows["zp u4 g32 k6x16"]["bits_per_weight"] == 4 + 12 / 32 + 32 / 512
     assert rows["zp u4 g32 k4x8"]["bits_per_weight"] == 4.375
+    assert rows["zp u4 g32 k6x16"]["super_block"] == 16
+    assert rows["zp u4 g32 f16"]["super_block"] is None
 
 
 # -- the figures of docs/SEARCH.md -------------------------------------------------------------

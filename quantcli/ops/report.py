@@ -183,6 +183,7 @@ def config_fields(spec: QuantSpec) -> dict:
         "calibration": spec.calibration,
         "percentile": spec.percentile if spec.calibration == "percentile" else None,
         "scale_dtype": spec.scale_dtype,
+        "super_block": spec.super_block,
         "search": spec.search,
     }
 
