@@ -3,6 +3,7 @@ two-level (super-block) scales against llama.cpp's K-quants at equal bits per we
 seeded N(0, 1) and Student-t(5) weights.
 
     python benchmarks/two_level_table.py [--rows 4096] [--cols 4096] [--seed 0]
+        [--scheme zeropoint|absmax]
 
 quant's figures come from ``quantize`` and ``dequantize`` (what compress writes and
 decompress restores), bits per weight from the arrays compress stores; the K-quants' from
@@ -22,13 +23,23 @@ from quantcli.core.quantizer import quantize
 from quantcli.core.spec import QuantSpec
 from quantcli.io.quantized_format import stored_arrays
 
-# (label, spec fields) for quant; compared with the K-quant of the same row
+# (K-quant compared with, label, spec fields) for quant
 CASES = [
-    ("Q4_K", "4-bit g32 k6x8", dict(bits=4, group_size=32, scale_dtype="k6", super_block=8)),
-    ("Q3_K", "3-bit g32 k6x16", dict(bits=3, group_size=32, scale_dtype="k6", super_block=16)),
-    ("Q3_K", "3-bit g32 k4x8", dict(bits=3, group_size=32, scale_dtype="k4", super_block=8)),
-    ("Q2_K", "2-bit g16 k4x16", dict(bits=2, group_size=16, scale_dtype="k4", super_block=16)),
-    ("Q2_K", "2-bit g32 k8x8", dict(bits=2, group_size=32, scale_dtype="k8", super_block=8)),
+    ("Q4_K", "zp 4-bit g32 k6x8", dict(bits=4, group_size=32, scale_dtype="k6", super_block=8)),
+    ("Q3_K", "zp 3-bit g32 k6x16", dict(bits=3, group_size=32, scale_dtype="k6", super_block=16)),
+    ("Q3_K", "zp 3-bit g32 k4x8", dict(bits=3, group_size=32, scale_dtype="k4", super_block=8)),
+    ("Q2_K", "zp 2-bit g16 k4x16", dict(bits=2, group_size=16, scale_dtype="k4", super_block=16)),
+    ("Q2_K", "zp 2-bit g32 k8x8", dict(bits=2, group_size=32, scale_dtype="k8", super_block=8)),
+    (
+        "Q3_K",
+        "absmax 3-bit g16 k6x16",
+        dict(scheme="absmax", bits=3, group_size=16, scale_dtype="k6", super_block=16),
+    ),
+    (
+        "Q6_K",
+        "absmax 6-bit g16 k8x16",
+        dict(scheme="absmax", bits=6, group_size=16, scale_dtype="k8", super_block=16),
+    ),
 ]
 SEARCHES = ("none", "mse", "wmse")
 
@@ -63,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--cols", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scheme", choices=("zeropoint", "absmax"), default=None)
     args = parser.parse_args(argv)
     data = matrices(args.rows, args.cols, args.seed)
     names = list(data)
@@ -70,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     done = set()
     for kquant, label, fields in CASES:
+        if args.scheme is not None and fields.get("scheme", "zeropoint") != args.scheme:
+            continue
         if kquant not in done:
             done.add(kquant)
             cells = [kquant_figure(w, kquant) for w in data.values()]
@@ -77,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             out.append("| " + " | ".join(row) + " |")
         for search in SEARCHES:
             start = time.perf_counter()
-            spec = QuantSpec(scheme="zeropoint", granularity="group", search=search, **fields)
+            spec = QuantSpec(
+                **{"scheme": "zeropoint", **fields}, granularity="group", search=search
+            )
             cells = [quant_figure(w, spec) for w in data.values()]
             row = [f"quant {label}, search {search}", f"{cells[0][1]:.4g}"]
             out.append("| " + " | ".join(row + [f"{e:.5f}" for e, _ in cells]) + " |")

@@ -3,7 +3,8 @@ x_hat = d * sc * q - dmin * mc recomputed from the stored arrays, llama.cpp's ow
 decoder (gguf-py) on the same codes, llama.cpp's rounding rule without a search, results
 independent of chunking and threads, the file through compress and decompress read back
 with NumPy alone, exact bits per weight, bad input refused in one line, and the figures of
-docs/SEARCH.md against llama.cpp's K-quants at equal bits."""
+docs/SEARCH.md against llama.cpp's K-quants at equal bits (Q4_K, Q3_K, Q2_K for zeropoint,
+Q6_K for absmax)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,60 @@ def test_codes_and_restored_values_follow_the_formula(spec):
     assert qt.stats.mse == pytest.approx(err, rel=1e-9)
 
 
+def absmax_two_level(search: str, **fields) -> QuantSpec:
+    base = dict(scheme="absmax", bits=4, granularity="group", group_size=16, super_block=16)
+    return QuantSpec(**{**base, "scale_dtype": "k6", "search": search, **fields})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        absmax_two_level("none"),
+        absmax_two_level("mse"),
+        absmax_two_level("wmse", bits=6, scale_dtype="k8"),
+        absmax_two_level("mse", bits=3, group_size=8, scale_dtype="k4", super_block=5),
+    ],
+    ids=lambda s: s.short_label(),
+)
+def test_absmax_codes_and_restored_values_follow_the_formula(spec):
+    x = gaussian((12, 320))
+    x[3, :40] = 0.0  # an all-zero group: its scale is d * sc, never 0, its codes 0
+    x[7] = 0.0  # an all-zero row: every super-block of it
+    qt = quantize(x, spec, measure=True, packed=True)
+    sb = qt.superblocks
+    assert sb.dmin is None and sb.min_codes is None and qt.zero_point is None
+    groups, per = 320 // spec.group_size, spec.super_block
+    assert sb.scale_codes.min() >= 1 and sb.scale_codes.max() <= 2 ** int(spec.scale_dtype[1:]) - 1
+    assert np.all(sb.d > 0)
+    step = np.repeat(sb.d.astype(np.float32), per, axis=1)[:, :groups] * sb.scale_codes
+    s = np.repeat(step.astype(np.float32), spec.group_size, axis=1)
+    qmax = 2 ** (spec.bits - 1) - 1
+    q = np.clip(np.rint(x / s), -qmax, qmax).astype(np.int8)
+    np.testing.assert_array_equal(qt.unpacked_codes(), q)
+    np.testing.assert_array_equal(qt.dequantize(), (s * q).astype(np.float32))
+    assert np.all(qt.dequantize()[[3, 7]][:, :32] == 0) and np.all(qt.dequantize()[7] == 0)
+    names = [n for n, _ in stored_arrays("w", qt)]
+    assert names == ["w", "w.scale_codes", "w.super_scale"]
+
+
+def test_absmax_round_to_nearest_rule_and_search_never_worse():
+    x = np.random.default_rng(9).standard_t(5, (8, 512)).astype(np.float32)
+    qt = quantize(x, absmax_two_level("none"))
+    amax = np.abs(x.reshape(8, 32, 16)).max(axis=2)
+    s = (amax / np.float32(7)).astype(np.float64).reshape(8, 2, 16)
+    d = (s.max(axis=2) / 63).astype(np.float16)
+    sc = np.clip(np.rint(s / d.astype(np.float64)[..., None]), 1, 63).reshape(8, 32)
+    np.testing.assert_array_equal(qt.superblocks.d, d)
+    np.testing.assert_array_equal(qt.superblocks.scale_codes, sc)
+    found = quantize(x, absmax_two_level("mse"))
+
+    def per_block(q):
+        return np.square(x.astype(np.float64) - q.dequantize()).reshape(8, 2, 256).sum(axis=2)
+
+    assert np.all(per_block(found) <= per_block(qt))
+    assert per_block(found).sum() < 0.95 * per_block(qt).sum()
+
+
 def test_round_to_nearest_is_llama_cpps_rule_on_min_max_parameters():
     """--search none: s = (max - min(min, 0)) / 15, m = -min(min, 0) per group; then
     d = fp16(max s / 63), sc = rint(s / d) (llama.cpp's quantize_row_q4_K_ref rule)."""
@@ -174,7 +229,11 @@ def test_the_search_is_never_worse_than_round_to_nearest_per_super_block():
 
 @pytest.mark.parametrize(
     "spec",
-    [q4k_like("mse", group_size=8, super_block=4), q4k_like("none", bits=3, group_size=4)],
+    [
+        q4k_like("mse", group_size=8, super_block=4),
+        q4k_like("none", bits=3, group_size=4),
+        absmax_two_level("mse", group_size=8, super_block=4),
+    ],
     ids=lambda s: s.short_label(),
 )
 @pytest.mark.parametrize("threads", ["1", "2"])
@@ -186,7 +245,7 @@ def test_chunking_and_threads_change_nothing(spec, threads, monkeypatch):
     monkeypatch.setenv("QUANT_THREADS", threads)
     chunked = quantize(x, spec, measure=True)
     np.testing.assert_array_equal(chunked.codes, whole.codes)
-    for field in ("d", "dmin", "scale_codes", "min_codes"):
+    for field in ("d", "dmin", "scale_codes", "min_codes")[: 4 if spec.has_zero_point else 3 : 2]:
         a, b = getattr(chunked.superblocks, field), getattr(whole.superblocks, field)
         assert a.shape == b.shape and a.shape[:2] == (6, 9)
         np.testing.assert_array_equal(a, b)
@@ -244,6 +303,28 @@ def test_compress_then_decompress_matches_a_numpy_decode_of_the_file(tmp_path):
     assert inspect.exit_code == 0 and "k6x8" in inspect.stdout
 
 
+def test_absmax_file_round_trip_matches_a_numpy_decode(tmp_path):
+    w = np.random.default_rng(13).standard_t(5, (24, 480)).astype(np.float32)
+    src, out, restored = tmp_path / "w.npy", tmp_path / "w.q.safetensors", tmp_path / "r.npy"
+    np.save(src, w)
+    args = ["--scheme", "absmax", "--bits", "4", "--group-size", "16", "--scale-dtype", "k6"]
+    result = quant("compress", src, "-o", out, *args, "--super-block", "16", "--search", "mse")
+    assert result.exit_code == 0, result.stderr
+    assert quant("decompress", out, "-o", restored).exit_code == 0
+    with safe_open(str(out), "numpy") as f:
+        assert sorted(f.keys()) == ["w", "w.scale_codes", "w.super_scale"]
+        assert f.metadata()["quant.format_version"] == "3"
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    codes = unpack_bits(stored["w"], 4, 480).astype(np.int16)
+    codes = np.where(codes >= 8, codes - 16, codes)  # two's complement nibbles
+    sc = unpack_bits(stored["w.scale_codes"], 6, 30)
+    d = stored["w.super_scale"]
+    assert d.shape == (24, 2) and np.all(d > 0) and sc.min() >= 1
+    step = np.repeat(d.astype(np.float32), 16, axis=1)[:, :30] * sc.astype(np.float32)
+    x_hat = np.repeat(step, 16, axis=1) * codes.astype(np.float32)
+    np.testing.assert_array_equal(np.load(restored), x_hat)
+
+
 @pytest.mark.parametrize(
     ("suffix", "value", "words"),
     [
@@ -274,11 +355,16 @@ def test_a_damaged_super_block_pair_is_refused(tmp_path, suffix, value, words):
         (3, 32, "k6", 16, 3.4375),  # Q3_K's bits
         (2, 16, "k4", 16, 2.625),  # Q2_K's bits
         (4, 64, "k8", 4, 4 + 16 / 64 + 32 / 256),
+        (6, 16, "k8", 16, 6.5625),  # Q6_K's bits, absmax
+        (4, 32, "k6", 8, 4.25),  # absmax: no mins
     ],
 )
 def test_bits_per_weight_are_exact(bits, group, kind, per, expected):
     x = gaussian((8, 4096))
     spec = q4k_like("none", bits=bits, group_size=group, scale_dtype=kind, super_block=per)
+    if expected in (6.5625, 4.25):
+        spec = absmax_two_level("none", bits=bits, group_size=group, scale_dtype=kind)
+        spec = QuantSpec.from_dict({**spec.to_dict(), "super_block": per})
     qt = quantize(x, spec, packed=True)
     arrays = stored_arrays("w", qt)
     assert 8 * sum(a.nbytes for _, a in arrays) / x.size == expected
@@ -341,13 +427,13 @@ def test_spec_json_is_unchanged_without_two_level_scales():
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        (dict(scheme="absmax"), "only zeropoint does"),
+        (dict(scheme="fullrange"), "fullrange cannot hold two-level scales"),
         (dict(granularity="channel"), "--granularity group"),
         (dict(calibration="percentile"), "--calibration minmax"),
         (dict(search="hqq"), "--search none or mse or wmse"),
         (dict(super_block=0), "not a positive integer"),
         (dict(scale_dtype="float16", super_block=8), "drop --super-block"),
-        (dict(scale_dtype="k6", scheme="nf4", bits=4), "only zeropoint does"),
+        (dict(scale_dtype="k6", scheme="nf4", bits=4), "absmax .a scale per group. and zeropoint"),
     ],
 )
 def test_specs_two_level_scales_cannot_hold_are_refused(fields, words):
@@ -376,7 +462,7 @@ def one_error_line(result, code: int, *words: str) -> str:
     ("extra", "code", "words"),
     [
         (["--group-size", "48"], 2, ["row length 256 in tensor w", "--group-size"]),
-        (["--scheme", "absmax"], 2, ["k6 scales", "--scheme zeropoint"]),
+        (["--scheme", "nf4"], 2, ["k6 scales", "--scheme zeropoint"]),
         (["--search", "hqq"], 2, ["search hqq", "--search none or mse or wmse"]),
         (["--super-block", "4", "--scale-dtype", "float16"], 2, ["--super-block 4"]),
     ],
@@ -460,8 +546,14 @@ def kquant(w: np.ndarray, name: str) -> float:
             2.625,
             {"normal": 0.0671, "t5": 0.0800},
         ),
+        (
+            dict(scheme="absmax", bits=6, group_size=16, scale_dtype="k8", super_block=16),
+            "Q6_K",
+            6.5625,
+            {"normal": 0.000286, "t5": 0.000423},
+        ),
     ],
-    ids=["4-bit", "3-bit", "2-bit"],
+    ids=["4-bit", "3-bit", "2-bit", "absmax 6-bit"],
 )
 def test_figures_beat_llama_cpps_k_quants_at_equal_bits(
     figure_data, fields, kquant_name, bpw, figures

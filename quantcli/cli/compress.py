@@ -101,10 +101,10 @@ def compress(
             "--scale-dtype",
             case_sensitive=False,
             help="How scales are stored. Default: the scheme's (float32; e8m0 for mxfp4, "
-            "e4m3 under a float32 tensor scale for nvfp4). k4, k6, k8 (zeropoint, per "
-            "group): two-level, a k-bit scale and min code per group under a float16 pair "
-            "per super-block, as llama.cpp's K-quants (Q4_K's 4.5 bits: --scheme zeropoint "
-            "--bits 4 --group-size 32 --scale-dtype k6 --search mse).",
+            "e4m3 under a float32 tensor scale for nvfp4). k4, k6, k8 (absmax, zeropoint; "
+            "per group): two-level, a k-bit scale (and min) code per group under a float16 "
+            "scale (and min) per super-block, as llama.cpp's K-quants (Q4_K's 4.5 bits: "
+            "--scheme zeropoint --bits 4 --group-size 32 --scale-dtype k6 --search mse).",
             show_default=False,
         ),
     ] = None,
@@ -114,7 +114,7 @@ def compress(
             "--super-block",
             min=1,
             help="Groups a super-block holds with --scale-dtype k4, k6 or k8: one float16 "
-            "scale and min pair per super-block. Default: 8 (Q4_K's 8 groups of 32).",
+            "scale (and min) per super-block. Default: 8 (Q4_K's 8 groups of 32).",
             show_default=False,
         ),
     ] = None,

@@ -122,7 +122,8 @@ def report(
             "--scale-dtype",
             case_sensitive=False,
             help="Dtype of stored scales (repeatable; also f32, fp16, bf16; k4, k6, k8: "
-            "two-level scales for zeropoint groups, see quant compress). Default: float32.",
+            "two-level scales for absmax and zeropoint groups, see quant compress). "
+            "Default: float32.",
             show_default=False,
         ),
     ] = None,

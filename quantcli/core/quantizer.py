@@ -143,7 +143,9 @@ def quantize(
     superblocks = None
     if spec.two_level:  # stored per row: chunks of whole rows hold whole super-blocks
         rows, groups = tiles.param_view_shape
-        superblocks = SuperBlockScales.empty((rows,), groups, spec.super_block, mins=True)
+        superblocks = SuperBlockScales.empty(
+            (rows,), groups, spec.super_block, mins=spec.has_zero_point
+        )
 
     def calibrated(lo, hi, part):
         """Parameters from the range [lo, hi] of ``part``, once it is known to be finite."""
@@ -221,9 +223,9 @@ def _two_level(part, spec: QuantSpec, name: str, superblocks: SuperBlockScales, 
     from quantcli.core.two_level import two_level_params
 
     p, stored = two_level_params(part, spec, name)
-    superblocks.d[index], superblocks.dmin[index] = stored.d, stored.dmin
-    superblocks.scale_codes[index] = stored.scale_codes
-    superblocks.min_codes[index] = stored.min_codes
+    superblocks.d[index], superblocks.scale_codes[index] = stored.d, stored.scale_codes
+    if stored.dmin is not None:
+        superblocks.dmin[index], superblocks.min_codes[index] = stored.dmin, stored.min_codes
     return p
 
 
@@ -232,12 +234,16 @@ def _shaped(sb: SuperBlockScales | None, shape: tuple[int, ...]) -> SuperBlockSc
     if sb is None:
         return None
     lead = tuple(shape[:-1])
+
+    def shaped(a):
+        return None if a is None else a.reshape(lead + a.shape[-1:])
+
     return SuperBlockScales(
-        sb.d.reshape(lead + sb.d.shape[-1:]),
-        sb.scale_codes.reshape(lead + sb.scale_codes.shape[-1:]),
+        shaped(sb.d),
+        shaped(sb.scale_codes),
         sb.groups_per_block,
-        sb.dmin.reshape(lead + sb.dmin.shape[-1:]),
-        sb.min_codes.reshape(lead + sb.min_codes.shape[-1:]),
+        shaped(sb.dmin),
+        shaped(sb.min_codes),
     )
 
 

@@ -43,9 +43,9 @@ class QuantSpec:
     ``group`` (one scale per ``group_size`` consecutive elements of the last axis).
     calibration: ``minmax`` or ``percentile`` (clip the range to the ``percentile``-th value).
     scale_dtype: how scales are stored (``scales.py``); part of the bits per weight. The
-    two-level kinds ``k4``, ``k6``, ``k8`` (zeropoint, per group) store k-bit scale and min
-    codes under a float16 pair per super-block of ``super_block`` groups (default 8), as
-    llama.cpp's K-quants do.
+    two-level kinds ``k4``, ``k6``, ``k8`` (absmax and zeropoint, per group) store k-bit scale
+    (and min) codes under a float16 scale (and min) per super-block of ``super_block`` groups
+    (default 8), as llama.cpp's K-quants do.
     search: ``none`` (round to nearest), ``mse`` (a scale search on the format's grid, and
     for zeropoint a joint scale and zero-point search, minimizing the squared error),
     ``wmse`` (the same, magnitude-weighted) or ``hqq`` (HQQ's zero-point optimizer, zeropoint
@@ -135,11 +135,10 @@ class QuantSpec:
                 f"choose one of {', '.join(SCALE_DTYPES)}"
             )
         if self.scale_dtype in TWO_LEVEL_SCALE_DTYPES and self.scale_dtype not in info.scale_dtypes:
-            takers = [n for n, s in SCHEMES.items() if self.scale_dtype in s.scale_dtypes]
             raise SpecError(
                 f"{self.scale_dtype} scales in quantization spec: {scheme} cannot hold "
-                f"two-level scales; only {', '.join(takers)} does (a scale and a min per "
-                f"group, as llama.cpp's Q4_K); use --scheme {takers[0]}"
+                "two-level scales; absmax (a scale per group) and zeropoint (a scale and a min, "
+                "as llama.cpp's Q4_K) can; use --scheme zeropoint"
             )
         if self.scale_dtype not in info.scale_dtypes:
             raise SpecError(

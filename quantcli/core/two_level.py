@@ -46,10 +46,12 @@ class TwoLevelParams:
     lo: np.ndarray
     hi: np.ndarray
     scale: np.ndarray
-    zero_point: np.ndarray
+    zero_point: np.ndarray | None  # None for absmax
 
     @property
     def empty(self) -> np.ndarray:
+        if self.zero_point is None:
+            return self.scale == 0
         return (self.scale == 0) & (self.zero_point == 0)
 
 
@@ -63,11 +65,13 @@ def two_level_params(
     rows, n = part.shape
     g, per = spec.group_size, spec.super_block
     groups = n // g
-    stored = SuperBlockScales.empty((rows,), groups, per, mins=True)
+    stored = SuperBlockScales.empty((rows,), groups, per, mins=spec.has_zero_point)
     if rows * groups == 0:
         zeros = np.zeros((rows, groups), np.float32)
-        return TwoLevelParams(zeros, zeros, zeros, zeros), stored
+        return TwoLevelParams(zeros, zeros, zeros, zeros if spec.has_zero_point else None), stored
     x = part.reshape(rows * groups, g)
+    if not spec.has_zero_point:
+        return _symmetric(x, spec, rows, name)
     lo = np.minimum(x.min(axis=1), np.float32(0))
     span = x.max(axis=1).astype(np.float64) - lo
     nmax = 2**spec.bits - 1
@@ -96,11 +100,68 @@ def two_level_params(
     return TwoLevelParams(-minimum, hi, scale, minimum), stored
 
 
+def _symmetric(x, spec: QuantSpec, rows: int, name: str):
+    """absmax: scale d * sc (sc >= 1, never 0), codes clip(rint(x / scale), -qmax, qmax);
+    the float scales amax / qmax (round to nearest) or ``search.mse_scales``, coded by
+    ``search.superblock_scales``."""
+    from quantcli.core.search.grids import int_grid
+    from quantcli.core.search.symmetric import mse_scales
+
+    qmax = 2 ** (spec.bits - 1) - 1
+    rtn = (np.abs(x).max(axis=1) / np.float32(qmax)).astype(np.float32)
+    _check_range(rtn, spec, name)
+    best = _coded_symmetric(x, rtn, spec, rows, refinements=0, weights="plain")
+    if spec.search != "none":
+        weights = WEIGHTS[spec.search]
+        found = mse_scales(x, int_grid(spec.bits), weights=weights, rtn=rtn, name=name)
+        found = np.where(rtn == 0, np.float32(0), found).astype(np.float32)
+        _check_range(found, spec, name)
+        searched = _coded_symmetric(x, found, spec, rows, refinements=2, weights=weights)
+        if spec.search == "mse":
+            keep = _block_sse(x, searched, spec) >= _block_sse(x, best, spec)
+            searched = _select(keep, best, searched)
+        best = searched
+    scale, _ = best.values()
+    reach = scale * np.float32(qmax)
+    return TwoLevelParams(-reach, reach, scale, None), best
+
+
+def _coded_symmetric(x, scale, spec: QuantSpec, rows, refinements, weights) -> SuperBlockScales:
+    """Float group scales (G = rows * groups) coded as two-level scales without mins, each
+    row padded to whole super-blocks with empty groups."""
+    from quantcli.core.search.superblock import superblock_scales
+
+    per, g = spec.super_block, x.shape[1]
+    groups = x.shape[0] // rows
+    supers = -(-groups // per)
+    padded = supers * per
+    scale = scale.reshape(rows, groups)
+    xs = x
+    if padded != groups:
+        pad = ((0, 0), (0, padded - groups))
+        scale = np.pad(scale, pad)
+        xs = np.pad(x.reshape(rows, groups, g), pad + ((0, 0),)).reshape(-1, g)
+    sb = superblock_scales(
+        xs,
+        scale.reshape(-1),
+        spec.bits,
+        groups_per_block=per,
+        level_bits=SCALE_KINDS[spec.scale_dtype].level_bits,
+        weights=weights,
+        refinements=refinements,
+    )
+    codes = sb.scale_codes.reshape(rows, padded)[:, :groups]
+    return SuperBlockScales(sb.d.reshape(rows, supers), codes, per)
+
+
 def _check_range(params, spec: QuantSpec, name: str) -> None:
     """Refuse group scales or mins whose super-block step, largest / (2^k - 1), float16
     cannot hold: their codes would clip every such group."""
     top = SCALE_KINDS[spec.scale_dtype].top
-    largest = max(float(params.scale.max()), float(-params.offset.min()))
+    if isinstance(params, np.ndarray):
+        largest = float(params.max())
+    else:
+        largest = max(float(params.scale.max()), float(-params.offset.min()))
     if largest / top > F16_MAX:
         raise SpecError(
             f"scale {largest:.4g} overflows the float16 super-block scale of "
@@ -151,12 +212,16 @@ def _block_sse(x: np.ndarray, coded: SuperBlockScales, spec: QuantSpec) -> np.nd
     weights encoded and decoded as the quantizer does."""
     from quantcli.core.schemes.zeropoint import encode_with_min
 
-    scale, minimum = (v.reshape(-1, 1) for v in coded.values())
-    scale = np.broadcast_to(scale, x.shape)
-    minimum = np.broadcast_to(minimum, x.shape)
-    q = np.empty(x.shape, np.uint8)
-    encode_with_min(x, scale, minimum, 2**spec.bits - 1, np.empty(x.shape, np.float32), q)
-    x_hat = q * scale - minimum
+    scale, minimum = coded.values()
+    scale = np.broadcast_to(scale.reshape(-1, 1), x.shape)
+    if minimum is None:  # absmax: scales are never 0
+        qmax = 2 ** (spec.bits - 1) - 1
+        x_hat = np.clip(np.rint(x / scale), -qmax, qmax) * scale
+    else:
+        minimum = np.broadcast_to(minimum.reshape(-1, 1), x.shape)
+        q = np.empty(x.shape, np.uint8)
+        encode_with_min(x, scale, minimum, 2**spec.bits - 1, np.empty(x.shape, np.float32), q)
+        x_hat = q * scale - minimum
     error = np.square(x_hat.astype(np.float64) - x).sum(axis=1)
     rows, groups = coded.scale_codes.shape
     starts = np.arange(0, groups, spec.super_block)
@@ -168,6 +233,10 @@ def _select(keep: np.ndarray, a: SuperBlockScales, b: SuperBlockScales) -> Super
     per = a.groups_per_block
     groups = a.scale_codes.shape[1]
     keep_groups = np.repeat(keep, per, axis=1)[:, :groups]
+    if a.dmin is None:
+        return SuperBlockScales(
+            np.where(keep, a.d, b.d), np.where(keep_groups, a.scale_codes, b.scale_codes), per
+        )
     return SuperBlockScales(
         np.where(keep, a.d, b.d),
         np.where(keep_groups, a.scale_codes, b.scale_codes),

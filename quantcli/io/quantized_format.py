@@ -116,6 +116,11 @@ class QuantizedEntry:
         codes = lead + (packed_length(groups, k),)
         supers = lead + (-(-groups // self.spec.super_block),)
         u8, f16 = np.dtype(np.uint8), np.dtype(np.float16)
+        if not self.spec.has_zero_point:
+            return [
+                (self.name + SCALE_CODES_SUFFIX, u8, codes),
+                (self.name + SUPER_SCALE_SUFFIX, f16, supers),
+            ]
         return [
             (self.name + SCALE_CODES_SUFFIX, u8, codes),
             (self.name + MIN_CODES_SUFFIX, u8, codes),
@@ -137,13 +142,17 @@ def stored_arrays(name: str, qt: QuantizedTensor) -> list[tuple[str, np.ndarray]
         lead = tuple(qt.shape[:-1])  # a 0-d tensor: one row
         codes_shape = lead + (packed_length(sb.scale_codes.shape[-1], k),)
         supers = lead + sb.d.shape[-1:]
-        return [
+        out = [
             (name, codes),
             (name + SCALE_CODES_SUFFIX, pack(sb.scale_codes, k).reshape(codes_shape)),
-            (name + MIN_CODES_SUFFIX, pack(sb.min_codes, k).reshape(codes_shape)),
+            (name + MIN_CODES_SUFFIX, None),
             (name + SUPER_SCALE_SUFFIX, sb.d.reshape(supers)),
-            (name + SUPER_MIN_SUFFIX, sb.dmin.reshape(supers)),
+            (name + SUPER_MIN_SUFFIX, None),
         ]
+        if sb.min_codes is not None:
+            out[2] = (name + MIN_CODES_SUFFIX, pack(sb.min_codes, k).reshape(codes_shape))
+            out[4] = (name + SUPER_MIN_SUFFIX, sb.dmin.reshape(supers))
+        return [(n, a) for n, a in out if a is not None]
     out = [(name, codes), (name + SCALE_SUFFIX, qt.scale)]
     if qt.zero_point is not None:
         out.append((name + ZERO_POINT_SUFFIX, qt.zero_point))
@@ -328,8 +337,9 @@ def two_level_values(entry: QuantizedEntry, arrays: dict, label: str):
     spec, name = entry.spec, entry.name
     pshape = param_shape(entry.shape, spec)
     k = SCALE_KINDS[spec.scale_dtype].level_bits
-    pairs = []
-    for suffix in (SUPER_SCALE_SUFFIX, SUPER_MIN_SUFFIX):
+    mins = spec.has_zero_point
+    pairs = [None, None]
+    for i, suffix in enumerate((SUPER_SCALE_SUFFIX, SUPER_MIN_SUFFIX)[: 1 + mins]):
         d = np.asarray(arrays[name + suffix])
         if not (np.isfinite(d).all() and (d >= 0).all()):
             raise QuantizedFormatError(
@@ -337,11 +347,11 @@ def two_level_values(entry: QuantizedEntry, arrays: dict, label: str):
                 f"{_shown(name + suffix)} must be finite and >= 0; the file is damaged, "
                 "re-run quant compress"
             )
-        pairs.append(d.reshape(pshape[:-1] + d.shape[-1:]))
+        pairs[i] = d.reshape(pshape[:-1] + d.shape[-1:])
     codes = [
         unpack(arrays[name + suffix], k, pshape[-1], False).reshape(pshape)
-        for suffix in (SCALE_CODES_SUFFIX, MIN_CODES_SUFFIX)
-    ]
+        for suffix in (SCALE_CODES_SUFFIX, MIN_CODES_SUFFIX)[: 1 + mins]
+    ] + [None]
     sb = SuperBlockScales(pairs[0], codes[0], spec.super_block, pairs[1], codes[1])
     return sb.values()
 
