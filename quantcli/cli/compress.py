@@ -113,7 +113,20 @@ def compress(
             "--scale-dtype",
             case_sensitive=False,
             help="How scales are stored. Default: the scheme's (float32; e8m0 for mxfp4, "
-            "e4m3 under a float32 tensor scale for nvfp4).",
+            "e4m3 under a float32 tensor scale for nvfp4). k4, k6, k8 (absmax, zeropoint; "
+            "per group): two-level, a k-bit scale (and min) code per group under a float16 "
+            "scale (and min) per super-block, as llama.cpp's K-quants (Q4_K's 4.5 bits: "
+            "--scheme zeropoint --bits 4 --group-size 32 --scale-dtype k6 --search mse).",
+            show_default=False,
+        ),
+    ] = None,
+    super_block: Annotated[
+        int | None,
+        typer.Option(
+            "--super-block",
+            min=1,
+            help="Groups a super-block holds with --scale-dtype k4, k6 or k8: one float16 "
+            "scale (and min) per super-block. Default: 8 (Q4_K's 8 groups of 32).",
             show_default=False,
         ),
     ] = None,
@@ -269,6 +282,8 @@ def compress(
         calibration=calibration.value,
         percentile=percentile,
         scheme=scheme.value,
+        scale_dtype=scale_dtype and scale_dtype.value,
+        super_block=super_block,
     )
     gran = granularity.value if granularity else None
     if gran is None and bits is not None:
@@ -285,6 +300,7 @@ def compress(
         "percentile": percentile,
         "scale_dtype": scale_dtype and scale_dtype.value,
         "search": search.value,
+        "super_block": super_block,
     }
     selector = Selector(QuantSpec(**base), tuple(include or ()), tuple(exclude or ()), min_elements)
     the_plan = prepare_plan(

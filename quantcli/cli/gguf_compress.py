@@ -17,6 +17,7 @@ _SPEC_OPTIONS = {
     "calibration": "--calibration",
     "percentile": "--percentile",
     "scale_dtype": "--scale-dtype",
+    "super_block": "--super-block",
     "format": "--format",
     "include": "--include",
     "min_elements": "--min-elements",

@@ -62,6 +62,9 @@ class ScaleDtype(str, Enum):
     bfloat16 = "bfloat16"
     e8m0 = "e8m0"
     e4m3 = "e4m3"
+    k4 = "k4"
+    k6 = "k6"
+    k8 = "k8"
 
 
 Input = Annotated[

@@ -122,7 +122,19 @@ def report(
         typer.Option(
             "--scale-dtype",
             case_sensitive=False,
-            help="Dtype of stored scales (repeatable; also f32, fp16, bf16). Default: float32.",
+            help="Dtype of stored scales (repeatable; also f32, fp16, bf16; k4, k6, k8: "
+            "two-level scales for absmax and zeropoint groups, see quant compress). "
+            "Default: float32.",
+            show_default=False,
+        ),
+    ] = None,
+    super_block: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--super-block",
+            min=1,
+            help="Groups a super-block holds for --scale-dtype k4, k6 and k8 (repeatable). "
+            "Default: 8.",
             show_default=False,
         ),
     ] = None,
@@ -264,6 +276,7 @@ def report(
         "--calibration": calibration,
         "--percentile": percentile,
         "--scale-dtype": scale_dtype,
+        "--super-block": super_block,
         "--search": search,
         "--min-elements": min_elements,
         "--nonfinite": nonfinite,
@@ -282,6 +295,7 @@ def report(
             percentile=percentile,
             axis=axis,
             scale_dtypes=[d.value for d in scale_dtype or []],
+            super_blocks=super_block or [],
             searches=[s.value for s in search or []],
         )
     )

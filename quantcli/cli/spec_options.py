@@ -63,6 +63,8 @@ def refuse_unused(
     percentile: float,
     command: str = "quant compress",
     scheme: str = "absmax",
+    scale_dtype: str | None = None,
+    super_block: int | None = None,
 ) -> None:
     """UsageError for an option in ``given`` (names of the options given explicitly:
     ``axis``, ``group_size``, ``percentile``) that the spec would not use. ``granularity``:
@@ -88,6 +90,14 @@ def refuse_unused(
         raise UsageError(
             f"--axis {axis} without --granularity channel in {command}: {why} has no channel "
             "axis, so the axis would be ignored; add --granularity channel, or drop --axis"
+        )
+    from quantcli.core.spec import TWO_LEVEL_SCALE_DTYPES
+
+    if "super_block" in given and scale_dtype not in TWO_LEVEL_SCALE_DTYPES:
+        raise UsageError(
+            f"--super-block {super_block} without two-level scales in {command}: only "
+            "--scale-dtype k4, k6 or k8 has super-blocks, so it would be ignored; add "
+            "--scale-dtype k6, or drop --super-block"
         )
     if "percentile" in given and calibration != "percentile":
         raise UsageError(

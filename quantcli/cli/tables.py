@@ -268,7 +268,7 @@ def inspect_table(result: InspectResult) -> None:
                     s.scheme,
                     str(s.bits),
                     gran.get(s.granularity, s.granularity),
-                    s.scale_dtype,
+                    f"{s.scale_dtype}x{s.super_block}" if s.two_level else s.scale_dtype,
                 ]
         rows.append(row)
     n = len(result.tensors)

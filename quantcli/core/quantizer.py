@@ -26,7 +26,7 @@ from quantcli.core.layout import param_shape, tiling
 from quantcli.core.metrics import ErrorStats
 from quantcli.core.packing import pack, packed_length, unpack
 from quantcli.core.parallel import CHUNK_ELEMENTS, map_chunks, scratch
-from quantcli.core.scales import SCALE_KINDS
+from quantcli.core.scales import SCALE_KINDS, SuperBlockScales
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import InputError, NonFiniteError, SpecError
 
@@ -56,6 +56,8 @@ class QuantizedTensor:
     ``packing.pack`` (shape ``shape[:-1] + (packed_length,)``) for bits < 8.
     scale: stored as ``spec.scale_dtype`` says (``scales.py``), ``param_shape(shape, spec)``.
     zero_point: uint8 of the scale's shape, or None for schemes without one.
+    superblocks: with two-level scales (``spec.two_level``), their stored form; ``scale``
+    and ``zero_point`` then hold the float32 group scales and mins they decode to.
     tensor_scale: float32 (1,) for schemes with a scale per tensor (nvfp4), else None.
     clip_lo / clip_hi: float32 calibrated range of every group (scale's shape); values outside
     it were clipped. Used for metrics, never stored.
@@ -73,6 +75,7 @@ class QuantizedTensor:
     stats: ErrorStats | None = field(default=None, repr=False)
     packed: bool = False
     tensor_scale: np.ndarray | None = None
+    superblocks: SuperBlockScales | None = None
 
     def unpacked_codes(self) -> np.ndarray:
         """The codes, one int8/uint8 per element, of ``shape``."""
@@ -136,7 +139,13 @@ def quantize(
         codes = np.empty((rows, packed_length(last, spec.bits)), np.uint8)
     else:
         codes = np.empty(tiles.view_shape, scheme.code_dtype)
-    params = _ParamArrays.empty(tiles.param_view_shape, spec.has_zero_point)
+    params = _ParamArrays.empty(tiles.param_view_shape, spec.has_zero_point, spec.two_level)
+    superblocks = None
+    if spec.two_level:  # stored per row: chunks of whole rows hold whole super-blocks
+        rows, groups = tiles.param_view_shape
+        superblocks = SuperBlockScales.empty(
+            (rows,), groups, spec.super_block, mins=spec.has_zero_point
+        )
 
     def calibrated(lo, hi, part):
         """Parameters from the range [lo, hi] of ``part``, once it is known to be finite."""
@@ -169,7 +178,9 @@ def quantize(
         def run(index) -> ErrorStats | None:
             part = _float32(xv[index])
             p = calibrated(*chunk_range(tiles, part, spec), part)
-            if spec.search != "none":
+            if spec.two_level:
+                p = _two_level(part, spec, name, superblocks, index)
+            elif spec.search != "none":
                 p = _searched(tiles, spec, part, p, name)
             params.part(index).store(p)
             return chunk(index, part, p)
@@ -204,6 +215,37 @@ def quantize(
         stats=stats if measure else None,
         packed=packed,
         tensor_scale=tensor_scale,
+        superblocks=_shaped(superblocks, x.shape),
+    )
+
+
+def _two_level(part, spec: QuantSpec, name: str, superblocks: SuperBlockScales, index):
+    """Two-level parameters of chunk ``part`` (``two_level.py``), their stored form written
+    into the rows ``index`` of ``superblocks``."""
+    from quantcli.core.two_level import two_level_params
+
+    p, stored = two_level_params(part, spec, name)
+    superblocks.d[index], superblocks.scale_codes[index] = stored.d, stored.scale_codes
+    if stored.dmin is not None:
+        superblocks.dmin[index], superblocks.min_codes[index] = stored.dmin, stored.min_codes
+    return p
+
+
+def _shaped(sb: SuperBlockScales | None, shape: tuple[int, ...]) -> SuperBlockScales | None:
+    """``sb`` (rows first) with the tensor's leading axes, ``shape[:-1]``."""
+    if sb is None:
+        return None
+    lead = tuple(shape[:-1])
+
+    def shaped(a):
+        return None if a is None else a.reshape(lead + a.shape[-1:])
+
+    return SuperBlockScales(
+        shaped(sb.d),
+        shaped(sb.scale_codes),
+        sb.groups_per_block,
+        shaped(sb.dmin),
+        shaped(sb.min_codes),
     )
 
 
@@ -264,9 +306,10 @@ class _ParamArrays:
     zero_point: np.ndarray | None  # uint8
 
     @classmethod
-    def empty(cls, shape: tuple[int, ...], zero_point: bool) -> _ParamArrays:
-        # an empty tensor keeps these defaults: scale 1, range [0, 0], zero point 0
-        zp = np.zeros(shape, np.uint8) if zero_point else None
+    def empty(cls, shape: tuple[int, ...], zero_point: bool, float_min: bool) -> _ParamArrays:
+        # an empty tensor keeps these defaults: scale 1, range [0, 0], zero point 0;
+        # two-level scales have a float32 min in the zero point's place
+        zp = np.zeros(shape, np.float32 if float_min else np.uint8) if zero_point else None
         lo, hi = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         return cls(np.ones(shape, np.float32), lo, hi, zp)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from quantcli.core.scales import SCALE_ALIASES, SCALE_KINDS, SHORT_NAMES
+from quantcli.core.scales import DEFAULT_SUPER_BLOCK, SCALE_ALIASES, SCALE_KINDS, SHORT_NAMES
 from quantcli.core.schemes import SCHEMES, Scheme
 from quantcli.errors import SpecError
 
@@ -20,6 +20,8 @@ SCHEME_ALIASES = {
 GRANULARITIES = ("tensor", "channel", "group")
 CALIBRATIONS = ("minmax", "percentile")
 SCALE_DTYPES = tuple(SCALE_KINDS)
+TWO_LEVEL_SCALE_DTYPES = tuple(name for name, kind in SCALE_KINDS.items() if kind.two_level)
+TWO_LEVEL_SEARCHES = ("none", "mse", "wmse")
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -40,7 +42,10 @@ class QuantSpec:
     granularity: ``tensor`` (one scale), ``channel`` (one scale per index along ``axis``) or
     ``group`` (one scale per ``group_size`` consecutive elements of the last axis).
     calibration: ``minmax`` or ``percentile`` (clip the range to the ``percentile``-th value).
-    scale_dtype: how scales are stored (``scales.py``); part of the bits per weight.
+    scale_dtype: how scales are stored (``scales.py``); part of the bits per weight. The
+    two-level kinds ``k4``, ``k6``, ``k8`` (absmax and zeropoint, per group) store k-bit scale
+    (and min) codes under a float16 scale (and min) per super-block of ``super_block`` groups
+    (default 8), as llama.cpp's K-quants do.
     search: ``none`` (round to nearest), ``mse`` (a scale search on the format's grid, and
     for zeropoint a joint scale and zero-point search, minimizing the squared error),
     ``wmse`` (the same, magnitude-weighted) or ``hqq`` (HQQ's zero-point optimizer, zeropoint
@@ -60,6 +65,7 @@ class QuantSpec:
     percentile: float = 99.99
     scale_dtype: str | None = None
     search: str = "none"
+    super_block: int | None = None
 
     def __post_init__(self) -> None:
         scheme = SCHEME_ALIASES.get(str(self.scheme).lower())
@@ -128,6 +134,12 @@ class QuantSpec:
                 f"unknown scale dtype {self.scale_dtype!r} in quantization spec: "
                 f"choose one of {', '.join(SCALE_DTYPES)}"
             )
+        if self.scale_dtype in TWO_LEVEL_SCALE_DTYPES and self.scale_dtype not in info.scale_dtypes:
+            raise SpecError(
+                f"{self.scale_dtype} scales in quantization spec: {scheme} cannot hold "
+                "two-level scales; absmax (a scale per group) and zeropoint (a scale and a min, "
+                "as llama.cpp's Q4_K) can; use --scheme zeropoint"
+            )
         if self.scale_dtype not in info.scale_dtypes:
             raise SpecError(
                 f"scale dtype {self.scale_dtype} in quantization spec: {scheme} stores its "
@@ -153,6 +165,7 @@ class QuantSpec:
                 f"search {self.search} in quantization spec: it chooses a scale per group or "
                 "channel; use --granularity group or channel"
             )
+        self._check_two_level()
         if self.granularity == "group" and info.group_sizes:
             if self.group_size not in info.group_sizes:
                 raise SpecError(
@@ -160,6 +173,47 @@ class QuantSpec:
                     f"scale per {info.group_sizes[0]} elements; use --group-size "
                     f"{info.group_sizes[0]}"
                 )
+
+    def _check_two_level(self) -> None:
+        """The rules of two-level scales (``k4``, ``k6``, ``k8``) and ``super_block``."""
+        if not SCALE_KINDS[self.scale_dtype].two_level:
+            if self.super_block is not None:
+                raise SpecError(
+                    f"super-block {self.super_block} in quantization spec: only two-level "
+                    f"scales ({', '.join(TWO_LEVEL_SCALE_DTYPES)}) have super-blocks; add "
+                    "--scale-dtype k6, or drop --super-block"
+                )
+            return
+        if self.super_block is None:
+            object.__setattr__(self, "super_block", DEFAULT_SUPER_BLOCK)
+        sb = self.super_block
+        if isinstance(sb, bool) or not isinstance(sb, int) or sb < 1:
+            raise SpecError(
+                f"super-block {sb!r} in quantization spec: not a positive integer; use the "
+                f"groups a super-block holds, e.g. {DEFAULT_SUPER_BLOCK}"
+            )
+        where = f"{self.scale_dtype} scales in quantization spec"
+        if self.granularity != "group":
+            raise SpecError(
+                f"{where}: two-level scales are per group, not per {self.granularity}; use "
+                "--granularity group"
+            )
+        if self.calibration != "minmax":
+            raise SpecError(
+                f"{where}: two-level scales are fitted to each group's min-max range or "
+                "searched, not clipped to a percentile; use --calibration minmax (and "
+                "--search mse to fit the range)"
+            )
+        if self.search not in TWO_LEVEL_SEARCHES:
+            raise SpecError(
+                f"{where}: search {self.search} does not choose two-level scales; use "
+                f"--search {' or '.join(TWO_LEVEL_SEARCHES)}"
+            )
+
+    @property
+    def two_level(self) -> bool:
+        """True when scales are two-level (``k4``, ``k6``, ``k8``): ``super_block`` is set."""
+        return SCALE_KINDS[self.scale_dtype].two_level
 
     # -- derived facts -------------------------------------------------------------------
 
@@ -200,6 +254,15 @@ class QuantSpec:
         """This spec checked against a tensor shape, with the axis made non-negative."""
         if self.granularity == "channel":
             return replace(self, axis=self.resolve_axis(len(shape), name))
+        if self.two_level:
+            n = shape[-1] if shape else 1
+            if n % self.group_size:
+                raise SpecError(
+                    f"row length {n} in tensor {name}: not a multiple of the group size "
+                    f"{self.group_size}, and {self.scale_dtype} scales need whole groups; use "
+                    f"a --group-size that divides {n}, or keep the tensor unquantized "
+                    "(--exclude)"
+                )
         return self
 
     def label(self, short: bool = False) -> str:
@@ -225,7 +288,13 @@ class QuantSpec:
             text += f" p{self.percentile:g}"
         if self.search != "none":
             text += f" {self.search}"
-        if self.scale_dtype != self.format.default_scale_dtype:
+        if self.two_level:
+            text += (
+                f" {self.scale_dtype}x{self.super_block}"
+                if short
+                else f" {self.scale_dtype} scales in super-blocks of {self.super_block}"
+            )
+        elif self.scale_dtype != self.format.default_scale_dtype:
             short_dtype = SHORT_NAMES[self.scale_dtype]
             text += f" {short_dtype}" if short else f" {self.scale_dtype} scales"
         return text
@@ -234,11 +303,14 @@ class QuantSpec:
         return self.label(short=True)
 
     def to_dict(self) -> dict:
-        """The fields as a dict; ``search`` only when one was used (files and JSON made
-        without a search stay as they were before searches existed)."""
+        """The fields as a dict; ``search`` only when one was used and ``super_block`` only
+        with two-level scales (files and JSON made without them stay as they were before
+        they existed)."""
         data = asdict(self)
         if self.search == "none":
             del data["search"]
+        if data["super_block"] is None:
+            del data["super_block"]
         return data
 
     @classmethod

@@ -180,6 +180,12 @@ def export_spec(spec: QuantSpec, dtype: np.dtype, name: str, shape: tuple[int, .
     """``spec`` as written for tensor ``name`` (``dtype``, ``shape``): with its scales in the
     model's dtype where the format stores them so, checked (``check_spec``)."""
     fmt = _format_for(spec, f"tensor {name}")
+    if spec.two_level:
+        raise SpecError(
+            f"{spec.scale_dtype} scales in tensor {name}: compressed-tensors has no two-level "
+            "(super-block) scales; drop --scale-dtype for scales in the model's dtype, or "
+            "write quant's own format with --format quant"
+        )
     if fmt.scale_dtype is None:
         own = scale_dtype_for(dtype)
         if spec.scale_dtype not in ("float32", own):

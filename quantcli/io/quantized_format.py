@@ -11,10 +11,15 @@ For each quantized tensor NAME the file holds:
   ``param_shape(shape, spec)``.
 - NAME.zero_point: uint8 zero points of the same shape (zeropoint scheme only).
 - NAME.tensor_scale: float32 (1,), the scale per tensor of nvfp4.
+- with two-level scales (``k4``, ``k6``, ``k8``) in place of NAME.scale and
+  NAME.zero_point: NAME.scale_codes and NAME.min_codes, uint8 k-bit codes per group packed
+  along the last axis as the codes are, ``shape[:-1] + (packed_length(G, k),)``, and
+  NAME.super_scale and NAME.super_min, float16 ``shape[:-1] + (S,)``, one per super-block
+  (``quantcli.core.scales.SuperBlockScales``).
 
 Version 2 adds the schemes beyond absmax and zeropoint, their scale dtypes and
-NAME.tensor_scale; a file that uses none of them is written as version 1, so older quant
-versions still read it.
+NAME.tensor_scale; version 3 adds two-level scales. A file is written with the oldest
+version that holds it, so older quant versions still read what they can.
 
 Kept tensors are stored under their own name, byte for byte. The header's ``__metadata__``
 holds ``quant.format`` = "quantcli", ``quant.format_version``, ``quant.producer``,
@@ -37,7 +42,7 @@ import numpy as np
 from quantcli import __version__
 from quantcli.core.layout import param_shape
 from quantcli.core.packing import pack, packed_length, unpack
-from quantcli.core.scales import SCALE_KINDS
+from quantcli.core.scales import SCALE_KINDS, SuperBlockScales
 from quantcli.core.spec import QuantSpec
 from quantcli.errors import QuantError, QuantizedFormatError
 from quantcli.io.dtypes import is_float, numpy_dtype, safetensors_dtype
@@ -46,12 +51,17 @@ if TYPE_CHECKING:
     from quantcli.core.quantizer import QuantizedTensor
 
 FORMAT_NAME = "quantcli"
-FORMAT_VERSION = "2"
-READ_VERSIONS = ("1", "2")
+FORMAT_VERSION = "3"
+READ_VERSIONS = ("1", "2", "3")
 VERSION_1_SCHEMES = ("absmax", "zeropoint")
 SCALE_SUFFIX = ".scale"
 ZERO_POINT_SUFFIX = ".zero_point"
 TENSOR_SCALE_SUFFIX = ".tensor_scale"
+# two-level scales (version 3)
+SCALE_CODES_SUFFIX = ".scale_codes"
+MIN_CODES_SUFFIX = ".min_codes"
+SUPER_SCALE_SUFFIX = ".super_scale"
+SUPER_MIN_SUFFIX = ".super_min"
 
 KEY_FORMAT = "quant.format"
 KEY_VERSION = "quant.format_version"
@@ -90,6 +100,8 @@ class QuantizedEntry:
             lead, last = (self.shape[:-1], self.shape[-1]) if self.shape else ((), 1)
             codes = (np.dtype(np.uint8), lead + (packed_length(last, spec.bits),))
         pshape = param_shape(self.shape, spec)
+        if spec.two_level:
+            return [(self.name, *codes), *self._two_level_arrays(pshape)]
         scale_dtype = SCALE_KINDS[spec.scale_dtype].dtype
         out = [(self.name, *codes), (self.name + SCALE_SUFFIX, scale_dtype, pshape)]
         if spec.has_zero_point:
@@ -97,6 +109,24 @@ class QuantizedEntry:
         if spec.format.tensor_scale:
             out.append((self.name + TENSOR_SCALE_SUFFIX, np.dtype(np.float32), (1,)))
         return out
+
+    def _two_level_arrays(self, pshape) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+        lead, groups = pshape[:-1], pshape[-1]
+        k = SCALE_KINDS[self.spec.scale_dtype].level_bits
+        codes = lead + (packed_length(groups, k),)
+        supers = lead + (-(-groups // self.spec.super_block),)
+        u8, f16 = np.dtype(np.uint8), np.dtype(np.float16)
+        if not self.spec.has_zero_point:
+            return [
+                (self.name + SCALE_CODES_SUFFIX, u8, codes),
+                (self.name + SUPER_SCALE_SUFFIX, f16, supers),
+            ]
+        return [
+            (self.name + SCALE_CODES_SUFFIX, u8, codes),
+            (self.name + MIN_CODES_SUFFIX, u8, codes),
+            (self.name + SUPER_SCALE_SUFFIX, f16, supers),
+            (self.name + SUPER_MIN_SUFFIX, f16, supers),
+        ]
 
 
 def entry_of(name: str, qt: QuantizedTensor) -> QuantizedEntry:
@@ -107,6 +137,22 @@ def stored_arrays(name: str, qt: QuantizedTensor) -> list[tuple[str, np.ndarray]
     """The arrays ``qt`` is written as: codes (packed when bits < 8), scales, zero points."""
     codes = qt.codes if qt.spec.bits == 8 or qt.packed else pack(qt.codes, qt.spec.bits)
     codes = codes.reshape(1) if codes.ndim == 0 else codes  # a 0-d tensor is stored as (1,)
+    if qt.superblocks is not None:
+        sb, k = qt.superblocks, SCALE_KINDS[qt.spec.scale_dtype].level_bits
+        lead = tuple(qt.shape[:-1])  # a 0-d tensor: one row
+        codes_shape = lead + (packed_length(sb.scale_codes.shape[-1], k),)
+        supers = lead + sb.d.shape[-1:]
+        out = [
+            (name, codes),
+            (name + SCALE_CODES_SUFFIX, pack(sb.scale_codes, k).reshape(codes_shape)),
+            (name + MIN_CODES_SUFFIX, None),
+            (name + SUPER_SCALE_SUFFIX, sb.d.reshape(supers)),
+            (name + SUPER_MIN_SUFFIX, None),
+        ]
+        if sb.min_codes is not None:
+            out[2] = (name + MIN_CODES_SUFFIX, pack(sb.min_codes, k).reshape(codes_shape))
+            out[4] = (name + SUPER_MIN_SUFFIX, sb.dmin.reshape(supers))
+        return [(n, a) for n, a in out if a is not None]
     out = [(name, codes), (name + SCALE_SUFFIX, qt.scale)]
     if qt.zero_point is not None:
         out.append((name + ZERO_POINT_SUFFIX, qt.zero_point))
@@ -140,8 +186,11 @@ def header_metadata(
 
 
 def format_version(entries: list[QuantizedEntry]) -> str:
-    """The oldest version that holds ``entries``: 1 when they all use absmax or zeropoint."""
-    return "1" if all(e.spec.scheme in VERSION_1_SCHEMES for e in entries) else FORMAT_VERSION
+    """The oldest version that holds ``entries``: 1 when they all use absmax or zeropoint
+    with one-level scales, 3 when any has two-level scales, else 2."""
+    if any(e.spec.two_level for e in entries):
+        return "3"
+    return "1" if all(e.spec.scheme in VERSION_1_SCHEMES for e in entries) else "2"
 
 
 def is_quantized(metadata: dict[str, str]) -> bool:
@@ -165,6 +214,8 @@ def read_entries(metadata: dict[str, str], label: str) -> dict[str, QuantizedEnt
             spec = QuantSpec.from_dict(item)
             if version == "1" and spec.scheme not in VERSION_1_SCHEMES:
                 raise ValueError(f"scheme {spec.scheme} of {_shown(name)} needs version 2")
+            if version in ("1", "2") and spec.two_level:
+                raise ValueError(f"{spec.scale_dtype} scales of {_shown(name)} need version 3")
             shape = tuple(int(n) for n in item["shape"])
             if any(n < 0 for n in shape):
                 raise ValueError(f"negative dimension in {_shown(name)}")
@@ -222,6 +273,12 @@ def check_stored(entry: QuantizedEntry, infos: dict, label: str) -> None:
                 f"{entry.spec.label()} of shape {list(entry.shape)} needs {dtype} {list(shape)}; "
                 "the file is damaged, re-run quant compress"
             )
+    if entry.spec.two_level and entry.name + SCALE_SUFFIX in infos:
+        raise QuantizedFormatError(
+            f"unexpected {_shown(entry.name + SCALE_SUFFIX)} in {label}: "
+            f"{entry.spec.scale_dtype} scales are stored as codes and super-block scales; "
+            "the file is damaged, re-run quant compress"
+        )
     if not entry.spec.has_zero_point and entry.name + ZERO_POINT_SUFFIX in infos:
         raise QuantizedFormatError(
             f"unexpected {_shown(entry.name + ZERO_POINT_SUFFIX)} in {label}: "
@@ -233,6 +290,15 @@ def restore(entry: QuantizedEntry, arrays: dict, label: str, dtype=None) -> np.n
     """Floats of ``entry`` from its stored arrays, checked; in ``dtype`` (default: original)."""
     spec = entry.spec
     codes = unpacked_codes(entry, arrays[entry.name], label)
+    if spec.two_level:
+        scale, minimum = two_level_values(entry, arrays, label)
+        from quantcli.core.quantizer import dequantize
+
+        target = np.dtype(entry.dtype if dtype is None else dtype)
+        x_hat = dequantize(codes, scale, minimum, spec)
+        if target.itemsize < 4 and x_hat.size:
+            _fit_range(x_hat, target, float(np.abs(scale).max()), entry.name, label)
+        return x_hat if target == np.float32 else x_hat.astype(target)
     scale = np.asarray(arrays[entry.name + SCALE_SUFFIX])
     kind = SCALE_KINDS[spec.scale_dtype]
     tensor_scale = None
@@ -263,6 +329,31 @@ def restore(entry: QuantizedEntry, arrays: dict, label: str, dtype=None) -> np.n
         step = spec.format.effective_scale(kind.load(scale), tensor_scale)
         _fit_range(x_hat, target, float(np.abs(step).max()), entry.name, label)
     return x_hat if target == np.float32 else x_hat.astype(target)
+
+
+def two_level_values(entry: QuantizedEntry, arrays: dict, label: str):
+    """The float32 group scales and mins (``param_shape``) of a two-level entry, from its
+    stored codes and super-block pairs, checked."""
+    spec, name = entry.spec, entry.name
+    pshape = param_shape(entry.shape, spec)
+    k = SCALE_KINDS[spec.scale_dtype].level_bits
+    mins = spec.has_zero_point
+    pairs = [None, None]
+    for i, suffix in enumerate((SUPER_SCALE_SUFFIX, SUPER_MIN_SUFFIX)[: 1 + mins]):
+        d = np.asarray(arrays[name + suffix])
+        if not (np.isfinite(d).all() and (d >= 0).all()):
+            raise QuantizedFormatError(
+                f"invalid super-block scale in tensor {_shown(name)} of {label}: "
+                f"{_shown(name + suffix)} must be finite and >= 0; the file is damaged, "
+                "re-run quant compress"
+            )
+        pairs[i] = d.reshape(pshape[:-1] + d.shape[-1:])
+    codes = [
+        unpack(arrays[name + suffix], k, pshape[-1], False).reshape(pshape)
+        for suffix in (SCALE_CODES_SUFFIX, MIN_CODES_SUFFIX)[: 1 + mins]
+    ] + [None]
+    sb = SuperBlockScales(pairs[0], codes[0], spec.super_block, pairs[1], codes[1])
+    return sb.values()
 
 
 def _fit_range(x_hat: np.ndarray, target: np.dtype, step: float, name: str, label: str) -> None:

@@ -81,7 +81,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # how a value of each QuantSpec field is read from text; fields not listed are read as text
-_FIELD_TYPES: dict[str, type] = {"bits": int, "group_size": int, "axis": int, "percentile": float}
+_FIELD_TYPES: dict[str, type] = {
+    "bits": int,
+    "group_size": int,
+    "axis": int,
+    "percentile": float,
+    "super_block": int,
+}
 
 
 def spec_fields() -> tuple[str, ...]:

@@ -28,9 +28,10 @@ import numpy as np
 
 from quantcli.core.metrics import ErrorStats
 from quantcli.core.quantizer import quantize
+from quantcli.core.scales import SCALE_KINDS
 from quantcli.core.schemes import SCHEMES
 from quantcli.core.search.refine import searches_for
-from quantcli.core.spec import SCHEME_ALIASES, QuantSpec
+from quantcli.core.spec import SCHEME_ALIASES, TWO_LEVEL_SEARCHES, QuantSpec
 from quantcli.errors import InputError, QualityGateError, UsageError
 from quantcli.io.detect import open_input
 from quantcli.io.gguf_file import GGUFReader
@@ -90,6 +91,7 @@ def configs_from_options(
     axis: int | None = None,
     scale_dtypes: Sequence[str] = (),
     searches: Sequence[str] = (),
+    super_blocks: Sequence[int] = (),
 ) -> list[QuantSpec]:
     """The cartesian product of the options, each empty option taking the default sweep's values.
 
@@ -121,6 +123,11 @@ def configs_from_options(
             f"--axis {axis} without --granularity channel in quant report: no configuration "
             "uses a channel axis; add --granularity channel"
         )
+    if super_blocks and not any(SCALE_KINDS[d].two_level for d in scale_dtypes):
+        raise UsageError(
+            f"--super-block {super_blocks[0]} without two-level scales in quant report: no "
+            "configuration has super-blocks; add --scale-dtype k6 (or k4, k8)"
+        )
     group_sizes = list(group_sizes) or list(DEFAULT_GROUP_SIZES)
     out: list[QuantSpec] = []
     for scheme, b, gran, calib, sdtype, search in product(
@@ -132,13 +139,18 @@ def configs_from_options(
         b = b if b in info.bits else info.default_bits
         gran = gran if gran in info.granularities else info.default_granularity
         sdtype = sdtype if sdtype in info.scale_dtypes else info.default_scale_dtype
+        two_level = SCALE_KINDS[sdtype].two_level
+        if two_level and (gran != "group" or calib != "minmax"):
+            sdtype, two_level = info.default_scale_dtype, False  # two-level scales are per group
+        if two_level and search not in TWO_LEVEL_SEARCHES:
+            search = "none"
         # a search a format does not take, or per tensor, is left out of that configuration
         if search not in searches_for(info.name) or gran == "tensor":
             search = "none"
         sizes = group_sizes if gran == "group" else [_BASE.group_size]
         if gran == "group" and info.group_sizes:
             sizes = [gs for gs in sizes if gs in info.group_sizes] or [info.default_group_size]
-        for gs in sizes:
+        for gs, sb in product(sizes, (list(super_blocks) or [None]) if two_level else [None]):
             spec = QuantSpec(
                 scheme=scheme,
                 bits=int(b),
@@ -153,6 +165,7 @@ def configs_from_options(
                 ),
                 scale_dtype=sdtype,
                 search=search,
+                super_block=sb,
             )
             if spec not in out:
                 out.append(spec)
@@ -171,6 +184,7 @@ def config_fields(spec: QuantSpec) -> dict:
         "calibration": spec.calibration,
         "percentile": spec.percentile if spec.calibration == "percentile" else None,
         "scale_dtype": spec.scale_dtype,
+        "super_block": spec.super_block,
         "search": spec.search,
     }
 
@@ -759,6 +773,9 @@ def _marks(row: Row, qt) -> HistMarks:
     scale = np.float32(np.asarray(qt.scale, np.float32).reshape(-1)[widest])
     qmin, qmax = qt.spec.code_range
     codes = np.arange(qmin, qmax + 1, dtype=np.float32)
+    if qt.superblocks is not None:  # two-level: a float min, x_hat = scale * q - min
+        levels = codes * scale - np.float32(qt.zero_point.reshape(-1)[widest])
+        return HistMarks(row, float(lo.min()), float(hi.max()), levels, int(lo.size))
     if qt.zero_point is not None:
         codes = codes - np.float32(qt.zero_point.reshape(-1)[widest])
     levels = (codes * scale).astype(np.float32)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 class Absmax(Scheme):
     name = "absmax"
     summary = "symmetric int, codes -(2^(b-1)-1)..2^(b-1)-1, scale = amax / qmax"
+    # k4/k6/k8: two-level scales (core/two_level.py), as llama.cpp's K-quants
+    scale_dtypes = ("float32", "float16", "bfloat16", "k4", "k6", "k8")
 
     def params(self, lo, hi, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         qmax = spec.code_range[1]
@@ -41,8 +43,9 @@ class Absmax(Scheme):
         with np.errstate(over="ignore"):
             np.divide(x, scale, out=t)
         np.rint(t, out=t)
-        if spec.calibration != "minmax" or spec.search != "none":
-            # min-max: |x| <= amax, so |t| <= qmax already; a searched scale may clip
+        if spec.calibration != "minmax" or spec.search != "none" or spec.two_level:
+            # min-max: |x| <= amax, so |t| <= qmax already; a searched or coded scale may
+            # clip
             np.clip(t, qmin, qmax, out=t)
         np.copyto(out, t, casting="unsafe")
 

@@ -38,6 +38,9 @@ class Zeropoint(Scheme):
     signed = False
     has_zero_point = True
     symmetric_range = False
+    # k4/k6/k8: two-level scales and mins (core/two_level.py), with a float min as the
+    # zero point (x_hat = scale * q - min), as llama.cpp's Q4_K
+    scale_dtypes = ("float32", "float16", "bfloat16", "k4", "k6", "k8")
 
     def code_range(self, bits: int) -> tuple[int, int]:
         return 0, 2**bits - 1
@@ -68,6 +71,9 @@ class Zeropoint(Scheme):
     def encode(self, x, scale, zero_point, spec: QuantSpec, out: np.ndarray) -> None:
         qmin, qmax = spec.code_range
         t = scratch("encode", x.shape, np.float32)
+        if np.asarray(zero_point).dtype.kind == "f":
+            encode_with_min(x, scale, zero_point, qmax, t, out)
+            return
         # an outlier far outside a percentile range can overflow x / scale to inf, which the
         # clip below turns into the extreme code, as it should
         with np.errstate(over="ignore"):
@@ -78,5 +84,23 @@ class Zeropoint(Scheme):
         np.copyto(out, t, casting="unsafe")
 
     def decode(self, codes, scale, zero_point, out: np.ndarray) -> None:
+        if np.asarray(zero_point).dtype.kind == "f":  # a float min: scale * q - min
+            np.multiply(codes, scale, out=out, dtype=np.float32)
+            np.subtract(out, zero_point, out=out)
+            return
         np.subtract(codes, zero_point, out=out, dtype=np.float32)
         np.multiply(out, scale, out=out)
+
+
+def encode_with_min(x, scale, minimum, qmax, t, out) -> None:
+    """Codes clip(rint((x + min) / scale), 0, qmax) for float32 mins (llama.cpp's Q4_K
+    encoder); a group whose scale is 0 decodes as -min alone and gets codes 0."""
+    np.add(x, minimum, out=t)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        np.divide(t, scale, out=t)
+    np.rint(t, out=t)
+    np.clip(t, 0, qmax, out=t)  # NaN (0 / 0) stays NaN: zeroed with the other zero scales
+    zero = scale == 0
+    if zero.any():
+        np.copyto(t, 0, where=zero)
+    np.copyto(out, t, casting="unsafe")

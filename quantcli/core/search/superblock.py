@@ -15,6 +15,9 @@ steps: each group's pair of codes is chosen among the floor and ceiling of its f
 and offset over d and dmin (four pairs, each measured on the group's own weights), then
 (d, dmin) is refit by least squares to the weights with those codes. A super-block keeps
 a step only where its error falls, and the result is never worse than llama.cpp's rule.
+
+``quant compress --scale-dtype k4 / k6 / k8 --search mse`` chooses its two-level scales with
+it (``core/two_level.py``; with ``--search none``, llama.cpp's rule alone: refinements=0).
 """
 
 from __future__ import annotations
@@ -274,3 +277,100 @@ def _refit(xt, w, d, dmin, sc, mc, per, nmax, g, t):
     dmin_new = np.where(negative, 0.0, dmin_new)
     d_new = np.where(d_new > 0, d_new, d)
     return _f16(d_new), _f16(dmin_new)
+
+
+@dataclass
+class SymmetricSuperBlockParams:
+    """Two-level scales without mins of G groups in S super-blocks: d float16 (S,) > 0,
+    scale_codes uint8 (G,) >= 1 (a group's scale d * sc is never 0)."""
+
+    d: np.ndarray
+    scale_codes: np.ndarray
+
+
+def superblock_scales(
+    x,
+    scale,
+    bits: int,
+    *,
+    groups_per_block: int = 8,
+    level_bits: int = 6,
+    weights="plain",
+    refinements: int = 2,
+    name: str = "tensor",
+) -> SymmetricSuperBlockParams:
+    """Symmetric group scales (absmax codes q in [-qmax, qmax], qmax = 2^(b-1) - 1,
+    x_hat = d * sc * q) quantized into ``level_bits``-bit codes sc in 1..2^level_bits - 1
+    under a float16 d per super-block, then refit.
+
+    x: float (G, n), G a multiple of ``groups_per_block``; scale: float (G,) >= 0, the
+    groups' float scales (``mse_scales`` or amax / qmax). Starts from llama.cpp's rule
+    (d = max scale / (2^level_bits - 1) in float16, codes rounded to nearest, at least 1) and
+    alternates, keeping what lowers a super-block's error: each group's code among the floor
+    and ceiling of its scale over d, and d refit by least squares for the codes. A
+    super-block of zeros gets the smallest float16 d, so no scale is 0.
+    """
+    x = check_groups(x, name)
+    check_bits(bits, 2, 8)
+    if not (isinstance(level_bits, int) and 2 <= level_bits <= 8):
+        raise SpecError(f"level_bits {level_bits!r} in super-block scales: use 2 to 8")
+    n_groups, n = x.shape
+    per = groups_per_block
+    if not (isinstance(per, int) and per >= 1) or n_groups % per:
+        raise InputError(
+            f"groups in {name}: {n_groups} is not a multiple of {per} groups a super-block; "
+            "pad the last super-block with zero groups"
+        )
+    w = _group_weights(check_weights(weights, x.shape, name), x)
+    x64 = x.astype(np.float64)
+    qmax = 2 ** (bits - 1) - 1
+    top = 2**level_bits - 1
+    blocks = n_groups // per
+    target = np.asarray(scale, np.float64)
+    tiny = float(np.finfo(np.float16).smallest_subnormal)
+
+    def errors(d, sc) -> np.ndarray:
+        """E of every group, float64 (G,), codes and reconstruction in float32."""
+        s = (np.repeat(d.astype(np.float32), per) * sc.astype(np.float32))[:, None]
+        q = np.clip(np.rint(x / s), -qmax, qmax)
+        e = np.square(x64 - (q * s).astype(np.float32))
+        return (e if w is None else e * w).sum(axis=1)
+
+    def block_sums(e):
+        return e.reshape(blocks, per).sum(axis=1)
+
+    d = np.maximum(_f16(target.reshape(blocks, per).max(axis=1) / top), tiny)
+    sc = np.clip(np.rint(target / np.repeat(d, per)), 1, top)
+    e = errors(d, sc)
+    for _ in range(refinements):
+        low = np.clip(np.floor(target / np.repeat(d, per)), 1, top)
+        high = np.minimum(low + 1, top)
+        for candidate in (low, high):
+            e_c = errors(d, candidate)
+            better = e_c < e
+            sc, e = np.where(better, candidate, sc), np.where(better, e_c, e)
+        # d by least squares for these codes and the weight codes the current d gives
+        s = (np.repeat(d.astype(np.float32), per) * sc.astype(np.float32))[:, None]
+        q = np.clip(np.rint(x / s), -qmax, qmax).astype(np.float64) * sc[:, None]
+        wq = q if w is None else w * q
+        num = block_sums((wq * x64).sum(axis=1))
+        den = block_sums((wq * q).sum(axis=1))
+        d_new = np.where(den > 0, num / np.where(den > 0, den, 1), d)
+        d_new = np.maximum(_f16(np.where(d_new > 0, d_new, d)), tiny)
+        e_new = errors(d_new, sc)
+        keep = block_sums(e_new) < block_sums(e)
+        d = np.where(keep, d_new, d)
+        e = np.where(np.repeat(keep, per), e_new, e)
+    return SymmetricSuperBlockParams(d.astype(np.float16), sc.astype(np.uint8))
+
+
+def _group_weights(weights, x: np.ndarray) -> np.ndarray | None:
+    """The error weights of groups x (G, n) as float64 (G, n), or None for plain."""
+    if not isinstance(weights, str):
+        return weights.astype(np.float64)
+    if weights == "plain":
+        return None
+    x64 = x.astype(np.float64)
+    if weights == "square":
+        return x64 * x64
+    return np.sqrt(np.mean(x64 * x64, axis=1, keepdims=True)) + np.abs(x64)  # rms_abs
