@@ -26,6 +26,7 @@ layout, 230 MiB) against the file floor on the same tensors.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -435,6 +436,26 @@ def make_checkpoint(path: Path, rows: int, cols: int, dtype) -> None:
         writer.close()
 
 
+def make_model_folder(path: Path, rows: int, cols: int, dtype) -> Path:
+    """A Llama-style model folder: config.json and one safetensors file whose four 2-D
+    weights are the Linear layers compressed-tensors quantizes."""
+    from quantcli.io.safetensors_writer import SafetensorsWriter
+
+    path.mkdir()
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    (path / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(2)
+    names = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    plan = [(f"model.layers.0.self_attn.{n}.weight", np.dtype(dtype), (rows, cols)) for n in names]
+    plan.append(("model.layers.0.input_layernorm.weight", np.dtype(dtype), (cols,)))
+    with open(path / "model.safetensors", "wb") as f:
+        writer = SafetensorsWriter(f, plan, {"format": "pt"})
+        for name, dt, shape in plan:
+            writer.write(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dt))
+        writer.close()
+    return path
+
+
 def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
     import ml_dtypes
 
@@ -454,7 +475,7 @@ def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
                 )
                 ours.append(
                     timed_run(
-                        [quant, "compress", str(src), "-o", str(tmp / "q.st"), "--force", "-q"]
+                        [quant, "compress", str(src), "-o", str(tmp / "q.safetensors"), "--force", "-q"]
                     )
                 )
             f_wall = statistics.median(w for w, _ in floors)
@@ -474,9 +495,9 @@ def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
             report.memory(f"  compress {size:.0f} MiB {label}", q_rss, 400)
             restores = []
             for _ in range(repeat):
-                restored = tmp / "r.st"
+                restored = tmp / "r.safetensors"
                 restores.append(
-                    timed_run([quant, "decompress", str(tmp / "q.st"), "-o", str(restored)])
+                    timed_run([quant, "decompress", str(tmp / "q.safetensors"), "-o", str(restored)])
                 )
                 restored.unlink()
             r_wall = statistics.median(w for w, _ in restores)
@@ -489,6 +510,33 @@ def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
                 True,
             )
             report.memory(f"  decompress {size:.0f} MiB {label}", max(r for _, r in restores), 400)
+
+        # a model folder to compressed-tensors (what transformers and vLLM load), against the
+        # file floor on the same weights
+        folder = make_model_folder(tmp / "model", rows, cols, ml_dtypes.bfloat16)
+        size = (folder / "model.safetensors").stat().st_size / 2**20
+        src = str(folder / "model.safetensors")
+        for label, spec in (
+            ("W4A16 g128", ["--scheme", "fullrange-ct", "--bits", "4", "--group-size", "128"]),
+            ("NVFP4", ["--scheme", "nvfp4"]),
+        ):
+            floors, ours = [], []
+            for _ in range(repeat):
+                floors.append(timed_run([sys.executable, str(floor_py), src, str(tmp / "f.st")]))
+                out = tmp / "ct"
+                ours.append(timed_run([quant, "compress", str(folder), "-o", str(out), *spec]))
+                shutil.rmtree(out)
+            f_wall = statistics.median(w for w, _ in floors)
+            q_wall = statistics.median(w for w, _ in ours)
+            report.timed(
+                f"model folder {size:.0f} MiB bf16 -> compressed-tensors {label}",
+                q_wall,
+                q_wall / f_wall,
+                "file floor",
+                "<= 2.0x",
+                q_wall / f_wall <= 2.0,
+            )
+            report.memory(f"  compressed-tensors {label}", max(r for _, r in ours), 400)
 
         small = ROOT / "sample_weights" / "transformer.safetensors"
         for args in (["--help"], ["inspect", str(small)]):
