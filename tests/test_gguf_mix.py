@@ -177,3 +177,23 @@ def test_budget_errors(model, tmp_path):
     ]:
         assert_fails(run("compress", model, "-o", out, "--type", "Q4_K_M", *args), 2, fragment)
     assert not out.exists()
+
+
+def test_report_applies_rules_to_ggml_types(model, tmp_path):
+    """quant report --type with --rule measures each type with the rules on top, and its
+    numbers are those of the file compress writes with the same rules."""
+    rule = "blk.*.attn_q.weight=Q8_0"
+    result = ok("report", model, "--type", "Q4_K_M", "--rule", rule, "--per-tensor",
+                "--format", "json")  # fmt: skip
+    rows = {r["tensor"]: r for r in json.loads(result.stdout)["results"]}
+    assert {rows[f"blk.{i}.attn_q.weight"]["type"] for i in range(8)} == {"Q8_0"}
+    out = tmp_path / "ruled.gguf"
+    ok("compress", model, "-o", out, "--type", "Q4_K_M", "--rule", rule, "-q")
+    assert {name: row["type"] for name, row in rows.items()} == {
+        name: kind for name, kind in types_of(out).items() if name in rows
+    }
+    errors = squared_errors(out)
+    for name, row in rows.items():
+        n = math.prod(llama_tensors()[name].shape)
+        assert row["mse"] * n == pytest.approx(errors[name], rel=1e-9), name
+    assert_fails(run("report", model, "--type", "Q4_K_M", "--rule", "*nope*=Q8_0"), 2, "no tensor")

@@ -323,7 +323,12 @@ def _refuse_conflicts(
 ) -> None:
     """UsageError for options that do not go together."""
     if ggml_type or pure:
-        given = [name for name, value in sweep_options.items() if value not in (None, [])]
+        # --rule applies to ggml types too (PATTERN=TYPE)
+        given = [
+            name
+            for name, value in sweep_options.items()
+            if value not in (None, []) and name != "--rule"
+        ]
         clash = given[0] if given else "--against" if against else "--hist" if hist else None
         if not ggml_type:
             clash = "--pure without --type"
@@ -387,9 +392,11 @@ def _measure(input, against, mixes, configs, include, exclude, min_elements, non
 
     with progress_bar("measuring", enabled=True) as advance:
         if mixes:
+            from quantcli.ops.gguf_plan import parse_type_rule
             from quantcli.ops.gguf_report import sweep_types
 
-            return sweep_types(input, mixes, include, exclude, True, advance)
+            type_rules = [parse_type_rule(text) for text in rules]
+            return sweep_types(input, mixes, include, exclude, True, advance, type_rules)
         if against is not None:
             return ops.against(input, against, include, exclude, advance)
         return ops.sweep(input, configs, include, exclude, min_elements, nonfinite, advance, rules)

@@ -30,6 +30,7 @@ from quantcli.ops.gguf_compress import (
     model_facts,
     tensor_facts,
 )
+from quantcli.ops.gguf_plan import TypeRule, rule_types
 from quantcli.ops.report import ProgressFn, ReportResult, Row
 
 
@@ -114,9 +115,11 @@ def sweep_types(
     exclude: Sequence[str] = (),
     fallback: bool = True,
     progress: ProgressFn | None = None,
+    rules: Sequence[TypeRule] = (),
 ) -> ReportResult:
     """Measure every mix or type of ``mixes`` on the tensors of ``input`` that llama-quantize
-    quantizes (and ``include`` / ``exclude`` let through); each tensor is read once."""
+    quantizes (and ``include`` / ``exclude`` let through), with ``rules`` (``--rule
+    PATTERN=TYPE``) on top of each; each tensor is read once."""
     seen: dict[str, Mix] = {}
     for mix in mixes:
         seen.setdefault(mix.name + (" pure" if mix.pure and mix.name != mix.default else ""), mix)
@@ -127,7 +130,17 @@ def sweep_types(
         facts = tensor_facts(source)
         model = model_facts(source)
         skip = excluded(facts, tuple(exclude))
-        plans = [plan_types(facts, model, mix, fallback, skip) for mix in seen.values()]
+        plans = [
+            plan_types(
+                facts,
+                model,
+                mix,
+                fallback,
+                skip,
+                rule_types(rules, plan_types(facts, model, mix, True, skip), source.label),
+            )
+            for mix in seen.values()
+        ]
         result = ReportResult(input=source.label, configs=configs)
         chosen = []
         for i, t in enumerate(facts):
