@@ -125,7 +125,9 @@ def compress(
             help="How each group's scale is chosen: none (round to nearest from the range), "
             "mse (a search for the scale, and zero point, with the least squared error), "
             "wmse (the same, weighted by magnitude, as llama.cpp's K-quants) or hqq (HQQ's "
-            "zero-point optimizer; zeropoint only). See docs/SEARCH.md.",
+            "zero-point optimizer; zeropoint only). See docs/SEARCH.md. With --type: none "
+            "(llama.cpp's reference encoder) or mse (the same ggml types with less squared "
+            "error; docs/GGUF.md).",
         ),
     ] = Search.none,
     ggml_type: Annotated[
@@ -207,7 +209,17 @@ def compress(
         from quantcli.cli.gguf_compress import compress_to_gguf
 
         return compress_to_gguf(
-            ctx, input, output, ggml_type, pure, no_fallback, exclude, force, json, quiet
+            ctx,
+            input,
+            output,
+            ggml_type,
+            pure,
+            no_fallback,
+            exclude,
+            force,
+            json,
+            quiet,
+            search.value,
         )
     if pure or no_fallback:
         flag = "--pure" if pure else "--no-fallback"

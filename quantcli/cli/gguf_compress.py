@@ -21,8 +21,9 @@ _SPEC_OPTIONS = {
     "include": "--include",
     "min_elements": "--min-elements",
     "nonfinite": "--nonfinite",
-    "search": "--search",
 }
+# --search values a GGUF output takes: llama.cpp's reference bytes, or least-squares blocks
+GGUF_SEARCHES = ("none", "mse")
 
 
 def compress_to_gguf(
@@ -36,6 +37,7 @@ def compress_to_gguf(
     force: bool,
     json: bool,
     quiet: bool,
+    search: str = "none",
 ) -> None:
     from quantcli.cli.gguf_tables import gguf_compress_json, gguf_compress_table
     from quantcli.cli.render import print_json, progress_bar
@@ -53,6 +55,13 @@ def compress_to_gguf(
             f"format, block and scales, and llama.cpp's rules choose the tensors; drop "
             f"{given[0]} (--exclude keeps tensors as they are)"
         )
+    if search not in GGUF_SEARCHES:
+        raise UsageError(
+            f"--search {search} with a GGUF output in quant compress: ggml types take "
+            "--search none (llama.cpp's reference encoder, the same bytes as llama-quantize) "
+            "or --search mse (blocks with the least squared error, never worse than the "
+            "reference's); use one of them"
+        )
     if ggml_type is None:
         raise UsageError(
             f"no --type for the GGUF output {output} in quant compress: name a llama-quantize "
@@ -67,7 +76,7 @@ def compress_to_gguf(
     mix = resolve_type(ggml_type, pure)
     with progress_bar("quantizing", enabled=not quiet) as advance:
         result = compress_gguf(
-            input, output, mix, not no_fallback, tuple(exclude or ()), force, advance
+            input, output, mix, not no_fallback, tuple(exclude or ()), force, advance, search
         )
     if json:
         print_json(gguf_compress_json(result))

@@ -95,6 +95,7 @@ def gguf_compress_json(result: GGUFCompressResult) -> dict:
         "type": result.mix.name,
         "pure": result.mix.pure,
         "file_type": result.mix.ftype,
+        "search": result.search,
         "tensors": [
             {
                 "tensor": t.name,
@@ -165,6 +166,8 @@ def gguf_compress_table(result: GGUFCompressResult) -> None:
     ]
     mix = result.mix
     what = f"{mix.name} (every quantizable tensor)" if mix.pure else f"{mix.name} mix"
+    if result.search != "none":
+        what += f", search {result.search}"
     console = err_console()
     sources = type_counts([t.choice.source_type for t in result.retyped])
     console.print(

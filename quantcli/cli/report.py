@@ -131,7 +131,9 @@ def report(
             "--search",
             case_sensitive=False,
             help="Scale search (repeatable): none, mse, wmse or hqq, compared side by side. "
-            "A configuration a search does not fit is measured without it. Default: none.",
+            "A configuration a search does not fit is measured without it. With --type: "
+            "none (llama.cpp's reference encoder) and mse (less squared error, same "
+            "types). Default: none.",
             show_default=False,
         ),
     ] = None,
@@ -288,6 +290,7 @@ def report(
         input,
         against,
         [resolve_type(name, pure) for name in ggml_type or []],
+        [s.value for s in search or []],
         configs,
         include or (),
         exclude or (),
@@ -304,7 +307,17 @@ def _refuse_conflicts(
 ) -> None:
     """UsageError for options that do not go together."""
     if ggml_type or pure:
-        given = [name for name, value in sweep_options.items() if value not in (None, [])]
+        given = [
+            name
+            for name, value in sweep_options.items()
+            if value not in (None, []) and not (ggml_type and name == "--search")
+        ]
+        bad = [s.value for s in sweep_options["--search"] or [] if s.value not in ("none", "mse")]
+        if ggml_type and bad:
+            raise UsageError(
+                f"--search {bad[0]} with --type in quant report: ggml types take --search "
+                "none (llama.cpp's reference encoder) or mse (least squared error); use those"
+            )
         clash = given[0] if given else "--against" if against else "--hist" if hist else None
         if not ggml_type:
             clash = "--pure without --type"
@@ -357,7 +370,7 @@ def _histogram(input, tensor, configs, format, scale, fail_below_sqnr) -> None:
         )
 
 
-def _measure(input, against, mixes, configs, include, exclude, min_elements, nonfinite):
+def _measure(input, against, mixes, searches, configs, include, exclude, min_elements, nonfinite):
     from quantcli.cli.render import progress_bar
     from quantcli.ops import report as ops
 
@@ -365,7 +378,7 @@ def _measure(input, against, mixes, configs, include, exclude, min_elements, non
         if mixes:
             from quantcli.ops.gguf_report import sweep_types
 
-            return sweep_types(input, mixes, include, exclude, True, advance)
+            return sweep_types(input, mixes, include, exclude, True, advance, searches)
         if against is not None:
             return ops.against(input, against, include, exclude, advance)
         return ops.sweep(input, configs, include, exclude, min_elements, nonfinite, advance)

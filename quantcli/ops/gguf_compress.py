@@ -8,6 +8,11 @@ decoded again and measured against its input, so the report gives every tensor's
 
 Tensors stream one at a time: the header is computed from the plan, then each tensor is read
 (memory-mapped), encoded in row chunks that stay in cache, measured and written.
+
+``search``: "none" writes the bytes of llama.cpp's reference quantizers; "mse" the
+least-squares encoders of ``quantcli.core.ggml.search`` (same types, same layouts, no block
+with more squared error than the reference's). A type without one (MXFP4) is written by the
+reference either way.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class GGUFCompressResult:
     tensors: list[GGUFTensorResult] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     format: str = "gguf"
+    search: str = "none"
 
     @property
     def retyped(self) -> list[GGUFTensorResult]:
@@ -125,10 +131,20 @@ class GGUFCompressResult:
         return total
 
 
-def encode_tensor(x: np.ndarray, type_name: str, name: str) -> tuple[np.ndarray, ErrorStats]:
+def search_for(type_name: str, search: str) -> str:
+    """The search ``type_name`` is encoded with when ``search`` is asked: "none" for a
+    float type or a block type without that search."""
+    codec = GGML_TYPES.get(type_name)
+    return search if codec is not None and search in codec.searches else "none"
+
+
+def encode_tensor(
+    x: np.ndarray, type_name: str, name: str, search: str = "none"
+) -> tuple[np.ndarray, ErrorStats]:
     """Store float tensor ``x`` (..., n) as ggml type ``type_name`` and measure the error of
     what a reader decodes from it: (stored array, ErrorStats). The stored array is uint8
-    (..., bytes per row) for a block type, the float array itself for F32/F16/BF16."""
+    (..., bytes per row) for a block type, the float array itself for F32/F16/BF16.
+    ``search``: "none" (llama.cpp's reference bytes) or "mse" (``search_for``)."""
     plain = _FLOAT_TYPES.get(type_name)
     if plain is not None:
         stored = np.asarray(x).astype(plain)
@@ -142,7 +158,7 @@ def encode_tensor(x: np.ndarray, type_name: str, name: str) -> tuple[np.ndarray,
     step = max(1, CHUNK_ELEMENTS // n)
     for start in range(0, rows.shape[0], step):
         part = rows[start : start + step]
-        raw = codec.encode(part, name)
+        raw = codec.encode(part, name, search_for(type_name, search))
         out[start : start + step] = raw
         stats = stats.merge(ErrorStats.of(part, codec.decode(raw, n, name)))
     return out.reshape(x.shape[:-1] + (codec.row_bytes(n),)), stats
@@ -208,9 +224,11 @@ def compress_gguf(
     exclude: tuple[str, ...] = (),
     force: bool = False,
     progress: ProgressFn | None = None,
+    search: str = "none",
 ) -> GGUFCompressResult:
     """Write ``input`` (an F16/F32 GGUF file) re-typed by ``mix`` into ``output`` (a path,
-    ``-`` for stdout, None for the default beside the input)."""
+    ``-`` for stdout, None for the default beside the input), its blocks chosen by
+    ``search`` ("none" or "mse")."""
     with open_input(input) as source:
         if not isinstance(source, GGUFReader):
             raise InputError(
@@ -225,7 +243,7 @@ def compress_gguf(
             if choice.retyped:
                 check_retypable(choice, source.label)
         output = output or default_output(input, mix)
-        result = GGUFCompressResult(source.label, output, mix)
+        result = GGUFCompressResult(source.label, output, mix, search=search)
         fields = dict(source.fields)
         fields[QUANTIZATION_VERSION_KEY] = GGUFValue(GGUFValueType.UINT32, QUANTIZATION_VERSION)
         fields[FILE_TYPE_KEY] = GGUFValue(GGUFValueType.UINT32, mix.ftype)
@@ -238,7 +256,9 @@ def compress_gguf(
                 for choice, t in zip(choices, facts):
                     tensor = source.tensor(t.name)
                     if choice.retyped:
-                        stored, stats = encode_tensor(source.read(t.name), choice.type, t.name)
+                        stored, stats = encode_tensor(
+                            source.read(t.name), choice.type, t.name, search
+                        )
                     else:
                         stored, stats = source.read_blocks(t.name).blocks, None
                     writer.write(t.name, stored)

@@ -20,11 +20,12 @@ threads when set); results do not depend on the chunking.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from quantcli.core.ggml import legacy, mxfp4, q2_k, q3_k, q4_k, q6_k
+from quantcli.core.ggml.search import SEARCH_ENCODERS
 from quantcli.core.parallel import map_chunks
 from quantcli.errors import InputError, NonFiniteError, SpecError
 
@@ -37,6 +38,8 @@ BlockCodec = Callable[[np.ndarray, np.ndarray], None]
 # broadcasting operations five times slower on the project machine (cache aliasing).
 LEGACY_CHUNK_ELEMENTS = 1 << 17
 K_CHUNK_ELEMENTS = 128_000
+# how ``encode`` chooses scales: llama.cpp's reference rules, or least squared error
+SEARCHES = ("none", "mse")
 
 
 class BlockSizeError(SpecError):
@@ -59,6 +62,13 @@ class GGMLType:
     encode_blocks: BlockCodec
     decode_blocks: BlockCodec
     chunk_elements: int = LEGACY_CHUNK_ELEMENTS
+    # least-squares encoder (``quantcli.core.ggml.search``), None for a type without one
+    search_blocks: BlockCodec | None = None
+
+    @property
+    def searches(self) -> tuple[str, ...]:
+        """The ``search`` values ``encode`` takes for this type."""
+        return SEARCHES if self.search_blocks is not None else ("none",)
 
     @property
     def bits_per_weight(self) -> float:
@@ -83,13 +93,24 @@ class GGMLType:
                 f"({advice})"
             )
 
-    def encode(self, x: np.ndarray, name: str = "tensor") -> np.ndarray:
+    def encode(self, x: np.ndarray, name: str = "tensor", search: str = "none") -> np.ndarray:
         """Quantize float rows ``x`` (..., n) (float32, or a float dtype converted to it) into
         uint8 (..., n // block_size * block_bytes).
 
+        search: "none", llama.cpp's reference quantizer (the same bytes); "mse", the
+        least-squares encoder, whose blocks never have more squared error than the
+        reference's (types without one refuse it: ``searches``).
+
         Raises BlockSizeError when n is not a multiple of the block size, InputError for
-        non-float input and NonFiniteError when ``x`` holds NaN or inf.
+        non-float input, NonFiniteError when ``x`` holds NaN or inf, and SpecError for a
+        search the type does not offer.
         """
+        if search not in self.searches:
+            raise SpecError(
+                f"--search {search} with {self.name} in tensor {name}: {self.name} offers "
+                f"{', '.join(self.searches)}; use --search none for it"
+            )
+        codec = self.encode_blocks if search == "none" else self.search_blocks
         x = np.asarray(x)
         if x.ndim == 0:
             raise InputError(f"scalar tensor {name}: {self.name} needs rows; reshape it to (1, n)")
@@ -113,7 +134,7 @@ class GGMLType:
             # as in llama.cpp, scales of huge weights overflow float16 to inf, and 1 / d
             # overflows for tiny ones (its codes then come from casting inf and NaN)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                self.encode_blocks(np.ascontiguousarray(part), out[start : start + step])
+                codec(np.ascontiguousarray(part), out[start : start + step])
 
         map_chunks(run, range(0, blocks.shape[0], step))
         return out.reshape(x.shape[:-1] + (self.row_bytes(n),))
@@ -174,6 +195,11 @@ GGML_TYPES: dict[str, GGMLType] = {
         GGMLType("MXFP4", 39, 32, 17, mxfp4.encode_mxfp4, mxfp4.decode_mxfp4),
     )
 }
+# every type but MXFP4 (whose scale is a power of two) has a least-squares encoder
+GGML_TYPES.update(
+    {name: replace(GGML_TYPES[name], search_blocks=f) for name, f in SEARCH_ENCODERS.items()}
+)
+
 
 GGML_TYPES_BY_ID: dict[int, GGMLType] = {t.type_id: t for t in GGML_TYPES.values()}
 
@@ -201,9 +227,9 @@ def fallback_type(name: str, n: int) -> str | None:
     return fallback if n % GGML_TYPES[fallback].block_size == 0 else "F16"
 
 
-def encode(x: np.ndarray, type_name: str, name: str = "tensor") -> np.ndarray:
-    """``GGML_TYPES[type_name].encode(x, name)``."""
-    return GGML_TYPES[type_name].encode(x, name)
+def encode(x: np.ndarray, type_name: str, name: str = "tensor", search: str = "none") -> np.ndarray:
+    """``GGML_TYPES[type_name].encode(x, name, search)``."""
+    return GGML_TYPES[type_name].encode(x, name, search)
 
 
 def decode(raw: np.ndarray, type_name: str, n: int, name: str = "tensor") -> np.ndarray:
@@ -215,6 +241,7 @@ __all__ = [
     "FALLBACK_TYPES",
     "GGML_TYPES",
     "GGML_TYPES_BY_ID",
+    "SEARCHES",
     "BlockSizeError",
     "GGMLType",
     "decode",
