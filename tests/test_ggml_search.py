@@ -159,3 +159,13 @@ def test_search_raises_no_floating_point_warnings(name, strict_numerics):
     )
     with strict_numerics():
         t.decode(t.encode(x, search="mse"), t.block_size)
+
+
+@pytest.mark.parametrize("name", SEARCHED)
+def test_search_does_not_depend_on_the_chunking(name):
+    import dataclasses
+
+    t = GGML_TYPES[name]
+    x = mixed_weights(6, t.block_size * 8)
+    tiny = dataclasses.replace(t, chunk_elements=t.block_size * 3)
+    np.testing.assert_array_equal(tiny.encode(x, search="mse"), t.encode(x, search="mse"))
