@@ -59,14 +59,27 @@ def _inverse(d: np.ndarray) -> np.ndarray:
 
 def _column_sse(xt: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
     """float64 (G,) sum over axis 0 of (xt - x_hat)^2, both float32 (n, G); overwrites
-    x_hat."""
+    x_hat. (Summed in float32, exact enough to rank candidates: the final choice between
+    ours and the reference's block is made in float64, ``keep_better``.)"""
     np.subtract(x_hat, xt, out=x_hat)
-    return np.einsum("ij,ij->j", x_hat, x_hat, dtype=np.float64)
+    return _dot(x_hat, x_hat)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64 (G,) sum over axis 0 of a * b, float32 (n, G) each (NumPy's float32 einsum
+    is several times faster than one accumulating in float64)."""
+    return np.einsum("ij,ij->j", a, b).astype(np.float64)
 
 
 def _round_clip(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """v (n, G) rounded half to even and clipped to [lo, hi], in place (the bounds as a row:
+    NumPy's minimum and maximum are several times slower against a scalar)."""
     np.rint(v, out=v)
-    np.clip(v, F32(lo), F32(hi), out=v)
+    row = np.empty((1, v.shape[-1]), v.dtype)
+    row[...] = hi
+    np.minimum(v, row, out=v)
+    row[...] = lo
+    np.maximum(v, row, out=v)
     return v
 
 
@@ -129,8 +142,8 @@ def symmetric_fit(
             for r in ratios:
                 d = rnd(peak / F32(end * r))
                 measure(d)
-                sxq = np.einsum("ij,ij->j", xt, codes)
-                sqq = np.einsum("ij,ij->j", codes, codes)
+                sxq = _dot(xt, codes)
+                sqq = _dot(codes, codes)
                 measure(rnd(np.where(sqq > 0, sxq / sqq, d).astype(np.float32)))
     return best_d, best_err
 
@@ -180,9 +193,9 @@ def affine_fit(
             np.multiply(codes, iscale, out=codes)
             _round_clip(codes, 0, nmax)
             for _ in range(2):
-                sq = codes.sum(axis=0, dtype=np.float64)
-                sqq = np.einsum("ij,ij->j", codes, codes, dtype=np.float64)
-                sxq = np.einsum("ij,ij->j", xt, codes, dtype=np.float64)
+                sq = codes.sum(axis=0).astype(np.float64)
+                sqq = _dot(codes, codes)
+                sxq = _dot(xt, codes)
                 det = n * sqq - sq * sq
                 ok = det > 0
                 d = np.where(ok, (n * sxq - sum_x * sq) / np.where(ok, det, 1), 0.0)
@@ -354,6 +367,10 @@ class _KSearch:
     def quantize(self, s: KState) -> np.ndarray:
         """Codes (sub, B * S) of state ``s`` (nearest level, the best for fixed scales) into
         self.codes; returns the squared error of each super-block, float64 (B,)."""
+        return self.sub_errors(s).sum(axis=1)
+
+    def sub_errors(self, s: KState) -> np.ndarray:
+        """As ``quantize``, but the squared error of each sub-block, float64 (B, S)."""
         lay = self.layout
         scale, shift = self.sub_scales(s)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -362,17 +379,16 @@ class _KSearch:
             _round_clip(self.codes, lay.qmin, lay.qmax)
             np.multiply(self.codes, scale, out=self.tmp)
             np.subtract(self.tmp, shift, out=self.tmp)
-            err = _column_sse(self.xt, self.tmp)
-        err = err.reshape(self.blocks, -1).sum(axis=1)
+            err = _column_sse(self.xt, self.tmp).reshape(self.blocks, -1)
         err[~np.isfinite(err)] = np.inf
         return err
 
     def code_sums(self):
         """Per sub-block float64 (B, S): sum q, sum q^2, sum x q."""
         shape = (self.blocks, -1)
-        sq = self.codes.sum(axis=0, dtype=np.float64).reshape(shape)
-        sqq = np.einsum("ij,ij->j", self.codes, self.codes, dtype=np.float64).reshape(shape)
-        sxq = np.einsum("ij,ij->j", self.xt, self.codes, dtype=np.float64).reshape(shape)
+        sq = self.codes.sum(axis=0).astype(np.float64).reshape(shape)
+        sqq = _dot(self.codes, self.codes).reshape(shape)
+        sxq = _dot(self.xt, self.codes).reshape(shape)
         return sq, sqq, sxq
 
     def fit_super(self, s: KState) -> KState:
@@ -431,15 +447,35 @@ class _KSearch:
         new.sc = sc.astype(np.float32)
         return new
 
+    def neighbours(self, s: KState) -> KState:
+        """Each sub-block's integer scale (and minimum) moved by one up or down where that
+        lowers the sub-block's own error, codes re-chosen (given d and dmin, sub-blocks are
+        independent)."""
+        lay = self.layout
+        best = s.copy()
+        best_err = self.sub_errors(best)
+        moves = [("sc", 1, lay.smin, lay.smax), ("sc", -1, lay.smin, lay.smax)]
+        if lay.affine:
+            moves += [("m", 1, 0, lay.mmax), ("m", -1, 0, lay.mmax)]
+        for name, step, lo, hi in moves:
+            trial = best.copy()
+            moved = getattr(trial, name)
+            np.clip(moved + F32(step), lo, hi, out=moved)
+            err = self.sub_errors(trial)
+            better = err < best_err
+            getattr(best, name)[better] = moved[better]
+            best_err[better] = err[better]
+        return best
+
     def refine(self, start: KState, rounds: int) -> tuple[KState, np.ndarray]:
         """Coordinate descent from ``start``: the best state of each super-block seen and
-        its squared error float64 (B,)."""
+        its squared error float64 (B,). Each step leaves the codes of the state it returns
+        measured in self.codes, which the next step's sums read."""
         best = start.copy()
         best_err = self.quantize(best)
         state = best
         for _ in range(rounds):
-            for step in (self.fit_super, self.fit_sub):
-                self.quantize(state)
+            for step in (self.fit_super, self.fit_sub, self.neighbours):
                 state = step(state)
                 err = self.quantize(state)
                 better = err < best_err
