@@ -10,8 +10,9 @@ the same data, because the machines are shared and noisy: absolute times mean li
 - peers: the seed notebook's NumPy code and gguf's Q8_0 reference quantizer.
 
 A separate section times the ggml block codecs (quantcli.core.ggml) on one thread: every
-type's encoder and decoder against the same kernel floor, in M weights/s, and the legacy
-encoders against gguf-py's NumPy reference.
+type's encoder and decoder against the same kernel floor, in M weights/s, the least-squares
+encoders (search "mse") against the reference encoders, and the legacy encoders against
+gguf-py's NumPy reference.
 
 A formats section times every number format at its natural spec (quantize() with packing, as
 compress runs it) on one and on two threads (QUANT_THREADS), in M weights/s and as a ratio to
@@ -297,6 +298,23 @@ def bench_ggml(report: Report, quick: bool, repeat: int) -> None:
             "no target",
             True,
         )
+        if t.search_blocks is not None:
+            # the least-squares encoder (--search mse), against the reference encoder on the
+            # same (smaller) slice: no target, the price of its lower error
+            part = x[: max(8, rows // 8)]
+            mse, ref = paired_times(
+                lambda t=t, p=part: t.encode(p, search="mse"),
+                lambda t=t, p=part: t.encode(p),
+                max(1, repeat // 2),
+            )
+            report.timed(
+                f"  ggml {name} encode, search mse",
+                mse,
+                mse / ref,
+                f"reference encoder, {part.size / mse / 1e6:6.2f} M weights/s",
+                "no target",
+                True,
+            )
         if gguf is not None and not kquant:
             gtype = getattr(gguf.GGMLQuantizationType, name)
             ours, theirs = paired_times(
@@ -475,7 +493,15 @@ def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
                 )
                 ours.append(
                     timed_run(
-                        [quant, "compress", str(src), "-o", str(tmp / "q.safetensors"), "--force", "-q"]
+                        [
+                            quant,
+                            "compress",
+                            str(src),
+                            "-o",
+                            str(tmp / "q.safetensors"),
+                            "--force",
+                            "-q",
+                        ]
                     )
                 )
             f_wall = statistics.median(w for w, _ in floors)
@@ -497,7 +523,9 @@ def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
             for _ in range(repeat):
                 restored = tmp / "r.safetensors"
                 restores.append(
-                    timed_run([quant, "decompress", str(tmp / "q.safetensors"), "-o", str(restored)])
+                    timed_run(
+                        [quant, "decompress", str(tmp / "q.safetensors"), "-o", str(restored)]
+                    )
                 )
                 restored.unlink()
             r_wall = statistics.median(w for w, _ in restores)

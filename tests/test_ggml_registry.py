@@ -168,3 +168,18 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
             small.decode(single[name], x.shape[1]).view(np.uint32),
             t.decode(single[name], x.shape[1]).view(np.uint32),
         )
+
+
+@pytest.mark.parametrize(
+    ("blocks", "step", "want"),
+    [
+        (10, 4, [(0, 4), (4, 8), (8, 10)]),  # a tail of half a chunk stays a chunk
+        (9, 4, [(0, 4), (4, 9)]),  # a smaller one joins the chunk before
+        (1024, 1000, [(0, 1024)]),
+        (3, 4, [(0, 3)]),
+        (0, 4, []),
+    ],
+)
+def test_encoder_chunks_cover_every_block_once(blocks, step, want):
+    t = dataclasses.replace(GGML_TYPES["Q4_0"], chunk_elements=32 * step)
+    assert t._chunks(blocks) == want

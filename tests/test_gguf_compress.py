@@ -114,9 +114,9 @@ def expected_type(name: str, shape: tuple[int, ...], mix: str, kept: str) -> str
     if len(shape) < 2 or name.endswith("_norm.weight"):
         return kept
     row = shape[-1]
-    base = {"Q4_K_M": "Q4_K", "Q3_K_M": "Q3_K", "Q2_K": "Q2_K", "Q4_0": "Q4_0", "Q4_K": "Q4_K"}
-    wanted = base[mix]
-    if mix == "Q4_K":  # a type, not a mix: every quantizable tensor
+    base = {"Q4_K_M": "Q4_K", "Q3_K_M": "Q3_K", "Q2_K": "Q2_K", "Q4_0": "Q4_0", "Q4_1": "Q4_1"}
+    wanted = base.get(mix, mix)
+    if mix in ("Q4_K", "Q5_K"):  # a type, not a mix: every quantizable tensor
         return fit(wanted, row)
     if name == "output.weight":
         return fit("Q6_K", row)
@@ -138,7 +138,7 @@ def expected_type(name: str, shape: tuple[int, ...], mix: str, kept: str) -> str
     return fit(wanted, row)
 
 
-FTYPES = {"Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10, "Q4_0": 2, "Q4_K": 15}
+FTYPES = {"Q4_K_M": 15, "Q3_K_M": 12, "Q2_K": 10, "Q4_0": 2, "Q4_1": 3, "Q4_K": 15, "Q5_K": 17}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,12 @@ def fields_of(reader: gguf.GGUFReader) -> dict:
 
 
 def check_output(
-    src: Path, out: Path, mix: str, table: dict | None = None, arrays: dict | None = None
+    src: Path,
+    out: Path,
+    mix: str,
+    table: dict | None = None,
+    arrays: dict | None = None,
+    search: str = "none",
 ) -> gguf.GGUFReader:
     """The output read back by gguf: metadata, order, types, bytes and decoded values."""
     before, after = gguf.GGUFReader(str(src)), gguf.GGUFReader(str(out))
@@ -181,7 +186,8 @@ def check_output(
             continue
         codec = GGML_TYPES[want]
         raw = np.asarray(t_out.data).reshape(x.shape[0], -1)
-        assert np.array_equal(raw, codec.encode(x.astype(np.float32)))
+        searched = search if search in codec.searches else "none"
+        assert np.array_equal(raw, codec.encode(x.astype(np.float32), search=searched))
         ours = codec.decode(raw, x.shape[-1])
         theirs = gguf.quants.dequantize(t_out.data, t_out.tensor_type)
         assert np.array_equal(ours, theirs.reshape(ours.shape)), t_in.name
@@ -209,6 +215,52 @@ def test_compress_writes_what_llama_quantize_would(model, tmp_path, mix):
     weights = sum(int(np.prod(r["shape"])) for r in retyped)
     assert report["totals"]["bits_per_weight"] == pytest.approx(bits / weights)
     assert report["totals"]["bytes_out"] == sum(r["bytes_out"] for r in report["tensors"])
+
+
+def test_search_none_writes_llama_quantizes_bytes(model, tmp_path):
+    default, none = tmp_path / "default.gguf", tmp_path / "none.gguf"
+    ok("compress", model, "-o", default, "--type", "Q4_K_M", "-q")
+    result = ok("compress", model, "-o", none, "--type", "Q4_K_M", "--search", "none", "--json")
+    assert json.loads(result.stdout)["search"] == "none"
+    assert default.read_bytes() == none.read_bytes()
+    check_output(model, none, "Q4_K_M")
+
+
+# with their fallbacks and rules, these write every type that has a search
+@pytest.mark.parametrize("mix", ["Q4_K_M", "Q3_K_M", "Q2_K", "Q4_0", "Q4_1", "Q5_K"])
+def test_search_mse_writes_the_same_types_with_less_error(model, tmp_path, mix):
+    ref, mse = tmp_path / "ref.gguf", tmp_path / "mse.gguf"
+    ok("compress", model, "-o", ref, "--type", mix, "-q")
+    result = ok("compress", model, "-o", mse, "--type", mix, "--search", "mse", "--json")
+    what = f"{mix} (every quantizable tensor)" if mix == "Q5_K" else f"{mix} mix"
+    assert f"{what}, search mse" in " ".join(result.stderr.split())  # the table's title
+    report = json.loads(result.stdout)
+    assert report["search"] == "mse" and report["file_type"] == FTYPES[mix]
+    # the file: llama.cpp's types, read back by gguf, decoded to what the report says
+    check_output(model, mse, mix, {r["tensor"]: r for r in report["tensors"]}, search="mse")
+    # measured by quant report --against: less error than the reference's file, per type
+    # and over all tensors, at the same size
+    measured = {}
+    for path in (ref, mse):
+        doc = json.loads(ok("report", model, "--against", path, "--format", "json").stdout)
+        measured[path] = {r["ggml_type"]: r for r in doc["summary"]}
+    assert measured[ref].keys() == measured[mse].keys()
+    for kind, row in measured[mse].items():
+        assert row["bytes"] == measured[ref][kind]["bytes"]
+        assert row["mse"] < measured[ref][kind]["mse"], kind
+    assert ref.stat().st_size == mse.stat().st_size
+
+
+def test_search_options_refused_with_gguf(model, tmp_path):
+    out = tmp_path / "x.gguf"
+    for search in ("wmse", "hqq"):
+        assert_fails(
+            run("compress", model, "-o", out, "--type", "Q4_0", "--search", search),
+            2,
+            f"--search {search}",
+            "--search mse",
+        )
+    assert not out.exists()
 
 
 def test_table_shows_types_and_fallbacks(model, tmp_path):

@@ -65,7 +65,32 @@ def test_report_types_per_tensor(model):
     assert len(lines) == 2 and "Q6_K>Q8_0 fallback" in lines[1]
 
 
+def test_report_types_with_and_without_search(model):
+    doc = json.loads(
+        ok(
+            "report", model, "--type", "Q4_K", "--type", "Q5_0",
+            "--search", "none", "--search", "mse", "--per-tensor", "--format", "json",
+        ).stdout
+    )  # fmt: skip
+    summary = {r["label"]: r for r in doc["summary"]}
+    assert list(summary) == ["Q4_K", "Q4_K mse", "Q5_0", "Q5_0 mse"]
+    assert [r["search"] for r in summary.values()] == ["none", "mse", "none", "mse"]
+    for kind in ("Q4_K", "Q5_0"):
+        assert summary[f"{kind} mse"]["mse"] < summary[kind]["mse"]
+        assert summary[f"{kind} mse"]["bytes"] == summary[kind]["bytes"]
+    # each searched row is the error of what compress --search mse writes
+    x = llama_tensors()["blk.0.attn_q.weight"].astype(np.float32)
+    rows = {(r["tensor"], r["label"]): r for r in doc["results"]}
+    codec = GGML_TYPES["Q4_K"]
+    x_hat = codec.decode(codec.encode(x, search="mse"), x.shape[1])
+    want = float(np.mean((x_hat.astype(np.float64) - x) ** 2))
+    assert rows[("blk.0.attn_q.weight", "Q4_K mse")]["mse"] == pytest.approx(want, rel=1e-9)
+    table = ok("report", model, "--type", "Q4_K", "--search", "none", "--search", "mse")
+    assert "Q4_K mse" in table.stdout
+
+
 def test_report_type_usage_errors(model, tmp_path):
+    assert_fails(run("report", model, "--type", "Q4_0", "--search", "hqq"), 2, "--search hqq")
     assert_fails(run("report", model, "--type", "Q4_0", "--scheme", "absmax"), 2, "--scheme")
     assert_fails(run("report", model, "--type", "Q4_0", "--against", model), 2, "--against")
     assert_fails(run("report", model, "--type", "Q9_9"), 2, "'Q9_9'")

@@ -150,7 +150,9 @@ def compress(
             help="How each group's scale is chosen: none (round to nearest from the range), "
             "mse (a search for the scale, and zero point, with the least squared error), "
             "wmse (the same, weighted by magnitude, as llama.cpp's K-quants) or hqq (HQQ's "
-            "zero-point optimizer; zeropoint only). See docs/SEARCH.md.",
+            "zero-point optimizer; zeropoint only). See docs/SEARCH.md. With --type: none "
+            "(llama.cpp's reference encoder) or mse (the same ggml types with less squared "
+            "error; docs/GGUF.md).",
         ),
     ] = Search.none,
     ggml_type: Annotated[
@@ -266,6 +268,7 @@ def compress(
             importance=importance,
             candidates=candidate,
             dry_run=dry_run,
+            search=search.value,
         )
     if pure or no_fallback:
         flag = "--pure" if pure else "--no-fallback"

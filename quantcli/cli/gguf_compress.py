@@ -22,8 +22,9 @@ _SPEC_OPTIONS = {
     "include": "--include",
     "min_elements": "--min-elements",
     "nonfinite": "--nonfinite",
-    "search": "--search",
 }
+# --search values a GGUF output takes: llama.cpp's reference bytes, or least-squares blocks
+GGUF_SEARCHES = ("none", "mse")
 
 
 # mixed-spec options that GGUF outputs do not take
@@ -48,6 +49,7 @@ def compress_to_gguf(
     importance: list[str] | None = None,
     candidates: list[str] | None = None,
     dry_run: bool = False,
+    search: str = "none",
 ) -> None:
     from quantcli.cli.gguf_tables import gguf_compress_json, gguf_compress_table
     from quantcli.cli.render import out_console, print_json, progress_bar
@@ -77,6 +79,13 @@ def compress_to_gguf(
             "PATTERN=TYPE and the budgets --target-bpw and --max-size, not plan files or "
             f"--min-sqnr; drop {not_here[0]}"
         )
+    if search not in GGUF_SEARCHES:
+        raise UsageError(
+            f"--search {search} with a GGUF output in quant compress: ggml types take "
+            "--search none (llama.cpp's reference encoder, the same bytes as llama-quantize) "
+            "or --search mse (blocks with the least squared error, never worse than the "
+            "reference's); use one of them"
+        )
     if ggml_type is None:
         raise UsageError(
             f"no --type for the GGUF output {output} in quant compress: name a llama-quantize "
@@ -94,7 +103,14 @@ def compress_to_gguf(
     if dry_run or budget is not None:
         with progress_bar("measuring", enabled=not quiet) as advance:
             planned = plan_gguf(
-                input, mix, not no_fallback, tuple(exclude or ()), type_rules, budget, advance
+                input,
+                mix,
+                not no_fallback,
+                tuple(exclude or ()),
+                type_rules,
+                budget,
+                advance,
+                search,
             )
         if dry_run:
             if json:
@@ -114,6 +130,7 @@ def compress_to_gguf(
             advance,
             type_rules,
             budget,
+            search,
         )
     if json:
         print_json(gguf_compress_json(result))

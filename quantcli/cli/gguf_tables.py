@@ -105,6 +105,7 @@ def gguf_compress_json(result: GGUFCompressResult) -> dict:
         "type": result.mix.name,
         "pure": result.mix.pure,
         "file_type": result.mix.ftype,
+        "search": result.search,
         "tensors": [
             {
                 "tensor": t.name,
@@ -190,6 +191,8 @@ def gguf_compress_table(result: GGUFCompressResult, console: Console | None = No
     ]
     mix = result.mix
     what = f"{mix.name} (every quantizable tensor)" if mix.pure else f"{mix.name} mix"
+    if result.search != "none":
+        what += f", search {result.search}"
     console = console or err_console()
     sources = type_counts([t.choice.source_type for t in result.retyped])
     where = f"{result.input} -> {result.output}" if result.output else f"plan for {result.input}"

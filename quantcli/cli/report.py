@@ -144,7 +144,9 @@ def report(
             "--search",
             case_sensitive=False,
             help="Scale search (repeatable): none, mse, wmse or hqq, compared side by side. "
-            "A configuration a search does not fit is measured without it. Default: none.",
+            "A configuration a search does not fit is measured without it. With --type: "
+            "none (llama.cpp's reference encoder) and mse (less squared error, same "
+            "types). Default: none.",
             show_default=False,
         ),
     ] = None,
@@ -306,6 +308,7 @@ def report(
         input,
         against,
         [resolve_type(name, pure) for name in ggml_type or []],
+        [s.value for s in search or []],
         configs,
         include or (),
         exclude or (),
@@ -323,12 +326,18 @@ def _refuse_conflicts(
 ) -> None:
     """UsageError for options that do not go together."""
     if ggml_type or pure:
-        # --rule applies to ggml types too (PATTERN=TYPE)
+        # --rule (PATTERN=TYPE) and --search none/mse apply to ggml types too
         given = [
             name
             for name, value in sweep_options.items()
-            if value not in (None, []) and name != "--rule"
+            if value not in (None, []) and not (ggml_type and name in ("--search", "--rule"))
         ]
+        bad = [s.value for s in sweep_options["--search"] or [] if s.value not in ("none", "mse")]
+        if ggml_type and bad:
+            raise UsageError(
+                f"--search {bad[0]} with --type in quant report: ggml types take --search "
+                "none (llama.cpp's reference encoder) or mse (least squared error); use those"
+            )
         clash = given[0] if given else "--against" if against else "--hist" if hist else None
         if not ggml_type:
             clash = "--pure without --type"
@@ -386,7 +395,9 @@ def _histogram(input, tensor, configs, format, scale, fail_below_sqnr) -> None:
         )
 
 
-def _measure(input, against, mixes, configs, include, exclude, min_elements, nonfinite, rules):
+def _measure(
+    input, against, mixes, searches, configs, include, exclude, min_elements, nonfinite, rules
+):
     from quantcli.cli.render import progress_bar
     from quantcli.ops import report as ops
 
@@ -396,7 +407,7 @@ def _measure(input, against, mixes, configs, include, exclude, min_elements, non
             from quantcli.ops.gguf_report import sweep_types
 
             type_rules = [parse_type_rule(text) for text in rules]
-            return sweep_types(input, mixes, include, exclude, True, advance, type_rules)
+            return sweep_types(input, mixes, include, exclude, True, advance, searches, type_rules)
         if against is not None:
             return ops.against(input, against, include, exclude, advance)
         return ops.sweep(input, configs, include, exclude, min_elements, nonfinite, advance, rules)

@@ -8,6 +8,11 @@ decoded again and measured against its input, so the report gives every tensor's
 
 Tensors stream one at a time: the header is computed from the plan, then each tensor is read
 (memory-mapped), encoded in row chunks that stay in cache, measured and written.
+
+``search``: "none" writes the bytes of llama.cpp's reference quantizers; "mse" the
+least-squares encoders of ``quantcli.core.ggml.search`` (same types, same layouts, no block
+with more squared error than the reference's). A type without one (MXFP4) is written by the
+reference either way.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ class GGUFCompressResult:
     files: list[str] = field(default_factory=list)
     format: str = "gguf"
     plan: TypePlan | None = None  # the budget's allocation, when one chose the types
+    search: str = "none"
 
     @property
     def retyped(self) -> list[GGUFTensorResult]:
@@ -136,10 +142,20 @@ class GGUFCompressResult:
         return total
 
 
-def encode_tensor(x: np.ndarray, type_name: str, name: str) -> tuple[np.ndarray, ErrorStats]:
+def search_for(type_name: str, search: str) -> str:
+    """The search ``type_name`` is encoded with when ``search`` is asked: "none" for a
+    float type or a block type without that search."""
+    codec = GGML_TYPES.get(type_name)
+    return search if codec is not None and search in codec.searches else "none"
+
+
+def encode_tensor(
+    x: np.ndarray, type_name: str, name: str, search: str = "none"
+) -> tuple[np.ndarray, ErrorStats]:
     """Store float tensor ``x`` (..., n) as ggml type ``type_name`` and measure the error of
     what a reader decodes from it: (stored array, ErrorStats). The stored array is uint8
-    (..., bytes per row) for a block type, the float array itself for F32/F16/BF16."""
+    (..., bytes per row) for a block type, the float array itself for F32/F16/BF16.
+    ``search``: "none" (llama.cpp's reference bytes) or "mse" (``search_for``)."""
     plain = _FLOAT_TYPES.get(type_name)
     if plain is not None:
         stored = np.asarray(x).astype(plain)
@@ -153,7 +169,7 @@ def encode_tensor(x: np.ndarray, type_name: str, name: str) -> tuple[np.ndarray,
     step = max(1, CHUNK_ELEMENTS // n)
     for start in range(0, rows.shape[0], step):
         part = rows[start : start + step]
-        raw = codec.encode(part, name)
+        raw = codec.encode(part, name, search_for(type_name, search))
         out[start : start + step] = raw
         stats = stats.merge(ErrorStats.of(part, codec.decode(raw, n, name)))
     return out.reshape(x.shape[:-1] + (codec.row_bytes(n),)), stats
@@ -219,6 +235,7 @@ def choose_types(
     rules: Sequence[TypeRule] = (),
     budget: TypeBudget | TypePlan | None = None,
     progress: ProgressFn | None = None,
+    search: str = "none",
 ) -> tuple[list[TensorFacts], list[TensorChoice], TypePlan | None]:
     """Every tensor's type: the mix's, then the rules', then the budget's allocation
     (``quantcli.ops.gguf_plan``), which measures each candidate type on each tensor it
@@ -230,9 +247,11 @@ def choose_types(
     plan = budget if isinstance(budget, TypePlan) else None
     if isinstance(budget, TypeBudget):
         fixed = plan_types(facts, model, mix, fallback, kept, assigned)
-        plan = measure_types(
-            source, facts, fixed, assigned, budget, encode_tensor, fallback, progress
-        )
+
+        def encode(x: np.ndarray, kind: str, name: str):
+            return encode_tensor(x, kind, name, search)  # as the file will be written
+
+        plan = measure_types(source, facts, fixed, assigned, budget, encode, fallback, progress)
     if plan is not None:
         assigned = {**assigned, **plan.assigned()}
     choices = plan_types(facts, model, mix, fallback, kept, assigned)
@@ -261,13 +280,16 @@ def plan_gguf(
     rules: Sequence[TypeRule] = (),
     budget: TypeBudget | None = None,
     progress: ProgressFn | None = None,
+    search: str = "none",
 ) -> GGUFCompressResult:
     """What ``compress_gguf`` would write, without writing (``--dry-run``): each tensor's
     type and stored bytes; the errors of the tensors a budget measured (others: None)."""
     with open_input(input) as source:
         source = _gguf_source(source)
-        facts, choices, plan = choose_types(source, mix, fallback, exclude, rules, budget, progress)
-        result = GGUFCompressResult(source.label, "", mix, plan=plan)
+        facts, choices, plan = choose_types(
+            source, mix, fallback, exclude, rules, budget, progress, search
+        )
+        result = GGUFCompressResult(source.label, "", mix, plan=plan, search=search)
         measured = {t.name: t.choice.stats for t in plan.tensors} if plan else {}
         for choice, t in zip(choices, facts):
             nbytes = source.tensor(t.name).nbytes
@@ -287,17 +309,19 @@ def compress_gguf(
     progress: ProgressFn | None = None,
     rules: Sequence[TypeRule] = (),
     budget: TypeBudget | TypePlan | None = None,
+    search: str = "none",
 ) -> GGUFCompressResult:
     """Write ``input`` (an F16/F32 GGUF file) re-typed by ``mix`` (then ``rules``, then the
     allocation of ``budget``, or the one ``plan_gguf`` made) into ``output`` (a path, ``-``
-    for stdout, None for the default beside the input)."""
+    for stdout, None for the default beside the input), its blocks chosen by ``search``
+    ("none": llama.cpp's reference encoder, or "mse")."""
     with open_input(input) as source:
         source = _gguf_source(source)
         facts, choices, type_plan = choose_types(
-            source, mix, fallback, exclude, rules, budget, progress
+            source, mix, fallback, exclude, rules, budget, None, search
         )
         output = output or default_output(input, mix)
-        result = GGUFCompressResult(source.label, output, mix, plan=type_plan)
+        result = GGUFCompressResult(source.label, output, mix, plan=type_plan, search=search)
         fields = dict(source.fields)
         fields[QUANTIZATION_VERSION_KEY] = GGUFValue(GGUFValueType.UINT32, QUANTIZATION_VERSION)
         fields[FILE_TYPE_KEY] = GGUFValue(GGUFValueType.UINT32, mix.ftype)
@@ -310,7 +334,9 @@ def compress_gguf(
                 for choice, t in zip(choices, facts):
                     tensor = source.tensor(t.name)
                     if choice.retyped:
-                        stored, stats = encode_tensor(source.read(t.name), choice.type, t.name)
+                        stored, stats = encode_tensor(
+                            source.read(t.name), choice.type, t.name, search
+                        )
                     else:
                         stored, stats = source.read_blocks(t.name).blocks, None
                     writer.write(t.name, stored)

@@ -2,7 +2,9 @@
 
 - ``sweep_types``: every type (or llama-quantize mix) asked for, on every tensor llama-quantize
   quantizes, side by side: each tensor is read once, encoded in each type through
-  ``quantcli.ops.gguf_compress.encode_tensor`` (what compress writes), decoded and measured.
+  ``quantcli.ops.gguf_compress.encode_tensor`` (what compress writes), decoded and measured;
+  with several searches ("none", llama.cpp's reference bytes, and "mse"), each type once
+  with each.
 - ``against_gguf``: a quantized GGUF file decoded tensor by tensor and compared with the file
   it was made from (its F16/F32 GGUF, or safetensors with the same names).
 
@@ -36,18 +38,32 @@ from quantcli.ops.report import ProgressFn, ReportResult, Row
 
 @dataclass(frozen=True)
 class GGMLConfig:
-    """A column of a ggml report: a type or mix name (``pure``: one type everywhere)."""
+    """A column of a ggml report: a type or mix name (``pure``: one type everywhere) and
+    the encoder's search ("none": llama.cpp's reference bytes; "mse": least squares)."""
 
     name: str
     pure: bool = True
     # on a tensor's row: the type written there when it is not ``name`` (``Q4_K_M>Q6_K``)
     shown: str | None = field(default=None, compare=False)
+    search: str = "none"
+
+    @property
+    def label(self) -> str:
+        """``Q4_K``, or ``Q4_K mse`` with a search."""
+        return self.name if self.search == "none" else f"{self.name} {self.search}"
 
     def short_label(self) -> str:
-        return self.shown or self.name
+        if self.shown is None:
+            return self.label
+        return self.shown if self.search == "none" else f"{self.shown} {self.search}"
 
     def fields(self) -> dict:
-        return {"label": self.name, "ggml_type": self.name, "pure": self.pure}
+        return {
+            "label": self.label,
+            "ggml_type": self.name,
+            "pure": self.pure,
+            "search": self.search,
+        }
 
 
 @dataclass
@@ -115,17 +131,25 @@ def sweep_types(
     exclude: Sequence[str] = (),
     fallback: bool = True,
     progress: ProgressFn | None = None,
+    searches: Sequence[str] = ("none",),
     rules: Sequence[TypeRule] = (),
 ) -> ReportResult:
-    """Measure every mix or type of ``mixes`` on the tensors of ``input`` that llama-quantize
-    quantizes (and ``include`` / ``exclude`` let through), with ``rules`` (``--rule
-    PATTERN=TYPE``) on top of each; each tensor is read once."""
+    """Measure every mix or type of ``mixes``, with each of ``searches`` ("none", "mse"),
+    on the tensors of ``input`` that llama-quantize quantizes (and ``include`` /
+    ``exclude`` let through), with ``rules`` (``--rule PATTERN=TYPE``) on top of each mix;
+    each tensor is read once."""
     seen: dict[str, Mix] = {}
     for mix in mixes:
         seen.setdefault(mix.name + (" pure" if mix.pure and mix.name != mix.default else ""), mix)
     if not seen:
         raise UsageError("no --type in quant report: give at least one ggml type or mix")
-    configs = [GGMLConfig(label, mix.pure) for label, mix in seen.items()]
+    searches = list(dict.fromkeys(searches)) or ["none"]
+    configs = [
+        GGMLConfig(label, mix.pure, search=search)
+        for label, mix in seen.items()
+        for search in searches
+    ]
+    mix_of_config = [mix for mix in seen.values() for _ in searches]
     with open_input(input) as source:
         facts = tensor_facts(source)
         model = model_facts(source)
@@ -139,7 +163,7 @@ def sweep_types(
                 skip,
                 rule_types(rules, plan_types(facts, model, mix, True, skip), source.label),
             )
-            for mix in seen.values()
+            for mix in mix_of_config
         ]
         result = ReportResult(input=source.label, configs=configs)
         chosen = []
@@ -160,7 +184,7 @@ def sweep_types(
             x = source.read(t.name)
             for config, choice in zip(configs, choices):
                 if choice.retyped:
-                    stored, stats = encode_tensor(x, choice.type, t.name)
+                    stored, stats = encode_tensor(x, choice.type, t.name, config.search)
                     nbytes = int(stored.nbytes)
                     del stored
                 else:  # already in that type: copied, exact

@@ -20,11 +20,12 @@ threads when set); results do not depend on the chunking.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from quantcli.core.ggml import legacy, mxfp4, q2_k, q3_k, q4_k, q6_k
+from quantcli.core.ggml.search import SEARCH_ENCODERS
 from quantcli.core.parallel import map_chunks
 from quantcli.errors import InputError, NonFiniteError, SpecError
 
@@ -37,6 +38,16 @@ BlockCodec = Callable[[np.ndarray, np.ndarray], None]
 # broadcasting operations five times slower on the project machine (cache aliasing).
 LEGACY_CHUNK_ELEMENTS = 1 << 17
 K_CHUNK_ELEMENTS = 128_000
+# Q3_K's coordinate descent makes its later passes over the few sub-blocks still changing,
+# at a cost per pass that hardly depends on their number: twice the chunk halves it per
+# weight (12 -> 22 M weights/s on the project machine; larger chunks gained nothing more)
+Q3_K_CHUNK_ELEMENTS = 256_000
+# how ``encode`` chooses scales: llama.cpp's reference rules, or least squared error
+SEARCHES = ("none", "mse")
+# chunk of the least-squares searches: not the legacy types' 2**17, whose 4096 blocks make
+# the searches' element-major (32, 4096) arrays rows 16 KiB apart, measured 1.2-1.6x slower
+# than 4000 blocks (the same cache aliasing as K_CHUNK_ELEMENTS describes)
+SEARCH_CHUNK_ELEMENTS = 128_000
 
 
 class BlockSizeError(SpecError):
@@ -59,6 +70,13 @@ class GGMLType:
     encode_blocks: BlockCodec
     decode_blocks: BlockCodec
     chunk_elements: int = LEGACY_CHUNK_ELEMENTS
+    # least-squares encoder (``quantcli.core.ggml.search``), None for a type without one
+    search_blocks: BlockCodec | None = None
+
+    @property
+    def searches(self) -> tuple[str, ...]:
+        """The ``search`` values ``encode`` takes for this type."""
+        return SEARCHES if self.search_blocks is not None else ("none",)
 
     @property
     def bits_per_weight(self) -> float:
@@ -83,13 +101,24 @@ class GGMLType:
                 f"({advice})"
             )
 
-    def encode(self, x: np.ndarray, name: str = "tensor") -> np.ndarray:
+    def encode(self, x: np.ndarray, name: str = "tensor", search: str = "none") -> np.ndarray:
         """Quantize float rows ``x`` (..., n) (float32, or a float dtype converted to it) into
         uint8 (..., n // block_size * block_bytes).
 
+        search: "none", llama.cpp's reference quantizer (the same bytes); "mse", the
+        least-squares encoder, whose blocks never have more squared error than the
+        reference's (types without one refuse it: ``searches``).
+
         Raises BlockSizeError when n is not a multiple of the block size, InputError for
-        non-float input and NonFiniteError when ``x`` holds NaN or inf.
+        non-float input, NonFiniteError when ``x`` holds NaN or inf, and SpecError for a
+        search the type does not offer.
         """
+        if search not in self.searches:
+            raise SpecError(
+                f"--search {search} with {self.name} in tensor {name}: {self.name} offers "
+                f"{', '.join(self.searches)}; use --search none for it"
+            )
+        codec = self.encode_blocks if search == "none" else self.search_blocks
         x = np.asarray(x)
         if x.ndim == 0:
             raise InputError(f"scalar tensor {name}: {self.name} needs rows; reshape it to (1, n)")
@@ -102,10 +131,10 @@ class GGMLType:
         self.check_row_size(n, name)
         blocks = x.reshape(-1, self.block_size)
         out = np.empty((blocks.shape[0], self.block_bytes), np.uint8)
-        step = max(1, self.chunk_elements // self.block_size)
+        bounds = self._chunks(blocks.shape[0], search)
 
-        def run(start: int) -> None:
-            part = blocks[start : start + step]
+        def run(chunk: tuple[int, int]) -> None:
+            part = blocks[chunk[0] : chunk[1]]
             part = part if part.dtype == np.float32 else part.astype(np.float32)
             lo, hi = part.min(initial=0.0), part.max(initial=0.0)
             if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -113,10 +142,26 @@ class GGMLType:
             # as in llama.cpp, scales of huge weights overflow float16 to inf, and 1 / d
             # overflows for tiny ones (its codes then come from casting inf and NaN)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                self.encode_blocks(np.ascontiguousarray(part), out[start : start + step])
+                codec(np.ascontiguousarray(part), out[chunk[0] : chunk[1]])
 
-        map_chunks(run, range(0, blocks.shape[0], step))
+        map_chunks(run, bounds)
         return out.reshape(x.shape[:-1] + (self.row_bytes(n),))
+
+    def _chunks(self, blocks: int, search: str = "none") -> list[tuple[int, int]]:
+        """(start, stop) of the encoder's chunks: ``chunk_elements`` worth of blocks each,
+        the last one taking the rest when that is less than half a chunk (a small chunk
+        would pay the searches' fixed cost for little work: Q3_K's later passes cost about
+        as much for 24 super-blocks as for 1000). Equal chunks would often have a power of
+        two of sub-blocks, which the K-quant searches run slowly on (see K_CHUNK_ELEMENTS);
+        the least-squares searches take SEARCH_CHUNK_ELEMENTS at most, for the same reason."""
+        elements = self.chunk_elements
+        if search != "none":
+            elements = min(elements, SEARCH_CHUNK_ELEMENTS)
+        step = max(1, elements // self.block_size)
+        starts = list(range(0, blocks, step))
+        if len(starts) > 1 and blocks - starts[-1] < step // 2:
+            starts.pop()
+        return list(zip(starts, starts[1:] + [blocks]))
 
     def decode(self, raw: np.ndarray, n: int, name: str = "tensor") -> np.ndarray:
         """Restore float32 (..., n) from uint8 rows ``raw`` (..., n // block_size *
@@ -167,13 +212,18 @@ GGML_TYPES: dict[str, GGMLType] = {
         GGMLType("Q5_1", 7, 32, 24, legacy.encode_q5_1, legacy.decode_q5_1),
         GGMLType("Q8_0", 8, 32, 34, legacy.encode_q8_0, legacy.decode_q8_0),
         GGMLType("Q2_K", 10, 256, 84, q2_k.encode_q2_k, q2_k.decode_q2_k, K_CHUNK_ELEMENTS),
-        GGMLType("Q3_K", 11, 256, 110, q3_k.encode_q3_k, q3_k.decode_q3_k, K_CHUNK_ELEMENTS),
+        GGMLType("Q3_K", 11, 256, 110, q3_k.encode_q3_k, q3_k.decode_q3_k, Q3_K_CHUNK_ELEMENTS),
         GGMLType("Q4_K", 12, 256, 144, q4_k.encode_q4_k, q4_k.decode_q4_k, K_CHUNK_ELEMENTS),
         GGMLType("Q5_K", 13, 256, 176, q4_k.encode_q5_k, q4_k.decode_q5_k, K_CHUNK_ELEMENTS),
         GGMLType("Q6_K", 14, 256, 210, q6_k.encode_q6_k, q6_k.decode_q6_k, K_CHUNK_ELEMENTS),
         GGMLType("MXFP4", 39, 32, 17, mxfp4.encode_mxfp4, mxfp4.decode_mxfp4),
     )
 }
+# every type but MXFP4 (whose scale is a power of two) has a least-squares encoder
+GGML_TYPES.update(
+    {name: replace(GGML_TYPES[name], search_blocks=f) for name, f in SEARCH_ENCODERS.items()}
+)
+
 
 GGML_TYPES_BY_ID: dict[int, GGMLType] = {t.type_id: t for t in GGML_TYPES.values()}
 
@@ -201,9 +251,9 @@ def fallback_type(name: str, n: int) -> str | None:
     return fallback if n % GGML_TYPES[fallback].block_size == 0 else "F16"
 
 
-def encode(x: np.ndarray, type_name: str, name: str = "tensor") -> np.ndarray:
-    """``GGML_TYPES[type_name].encode(x, name)``."""
-    return GGML_TYPES[type_name].encode(x, name)
+def encode(x: np.ndarray, type_name: str, name: str = "tensor", search: str = "none") -> np.ndarray:
+    """``GGML_TYPES[type_name].encode(x, name, search)``."""
+    return GGML_TYPES[type_name].encode(x, name, search)
 
 
 def decode(raw: np.ndarray, type_name: str, n: int, name: str = "tensor") -> np.ndarray:
@@ -215,6 +265,7 @@ __all__ = [
     "FALLBACK_TYPES",
     "GGML_TYPES",
     "GGML_TYPES_BY_ID",
+    "SEARCHES",
     "BlockSizeError",
     "GGMLType",
     "decode",

@@ -188,13 +188,13 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     sumlx^2 / suml2 strictly improves. A pass that changes nothing in a sub-block would
     change nothing again (C stops there), so later passes run on the sub-blocks that changed.
     """
-    n = x.shape[0]
     peak = signed_absmax_rows(x)
     zero = np.abs(peak) < GROUP_MAX_EPS
     lo, hi = F32(-nmax), F32(nmax - 1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         codes = np.multiply(x, -F32(nmax) / peak)
-        bounds = (np.full_like(x, lo), np.full_like(x, hi))
+        # bounds as rows: broadcast along axis 0, as fast as full arrays and nothing to fill
+        bounds = (np.full((1, x.shape[1]), lo), np.full((1, x.shape[1]), hi))
         _round_clip(codes, bounds, False)
         w = x * x
         wx = w * x
@@ -205,27 +205,7 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
         active = None
         xa, wa, wxa, la, slxa, sl2a = x, w, wx, codes, sumlx, suml2
         for _ in range(5):
-            changed = np.zeros(xa.shape[1], bool)
-            low, high = np.full(xa.shape[1], lo), np.full(xa.shape[1], hi)
-            for i in range(n):
-                li, wi, wxi, xi = la[i], wa[i], wxa[i], xa[i]
-                slx = slxa - wxi * li
-                sl2 = sl2a - (wi * li) * li
-                # the quotient is unbounded where slx nears 0: nearest_int wraps there as in C
-                new = nearest_int((xi * sl2) / slx)
-                np.minimum(new, high, out=new)
-                np.maximum(new, low, out=new)
-                take = slx > 0
-                take &= new != li
-                slx += wxi * new
-                sl2 += (wi * new) * new
-                take &= sl2 > 0
-                take &= (slx * slx) * sl2a > (slxa * slxa) * sl2
-                if take.any():
-                    changed |= take
-                    np.putmask(li, take, new)
-                    np.putmask(slxa, take, slx)
-                    np.putmask(sl2a, take, sl2)
+            changed = _q3_pass(xa, wa, wxa, la, slxa, sl2a, lo, hi)
             if active is not None:
                 codes[:, active] = la
                 sumlx[active] = slxa
@@ -241,6 +221,64 @@ def make_q3_quants_rmse(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
         scale[zero] = 0
         codes[:, zero] = 0
     return scale, codes
+
+
+def _q3_pass(x, w, wx, codes, sumlx, suml2, lo, hi) -> np.ndarray:
+    """One pass of ``make_q3_quants``' coordinate descent over the elements (rows) of the
+    sub-blocks (columns) x, w = x*x, wx = w*x float32 (n, S), updating codes (n, S) and
+    sumlx, suml2 (S,) in place; returns which sub-blocks changed, bool (S,).
+
+    Each element's new code is computed for every sub-block, but the trial sums and the
+    acceptance test only where it differs from the old code and slx > 0 (a small fraction:
+    C skips the others too), on gathered copies, with the same float operations."""
+    m = x.shape[1]
+    changed = np.zeros(m, bool)
+    slx = np.empty(m, np.float32)
+    sl2 = np.empty(m, np.float32)
+    new = np.empty(m, np.float32)
+    quotient = np.empty(m, np.float32)
+    bits = quotient.view(np.int32)
+    cand = np.empty(m, bool)
+    flag = np.empty(m, bool)
+    low, high = np.full(m, lo), np.full(m, hi)
+    for i in range(x.shape[0]):
+        li, wi, wxi = codes[i], w[i], wx[i]
+        # slx = sumlx - (w x) L; sl2 = suml2 - (w L) L
+        np.multiply(wxi, li, out=slx)
+        np.subtract(sumlx, slx, out=slx)
+        np.multiply(wi, li, out=sl2)
+        np.multiply(sl2, li, out=sl2)
+        np.subtract(suml2, sl2, out=sl2)
+        # the quotient is unbounded where slx nears 0: nearest_int wraps there as in C
+        np.multiply(x[i], sl2, out=quotient)
+        np.divide(quotient, slx, out=quotient)
+        # nearest_int, in place: add 1.5 * 2**23, read the low 22 mantissa bits
+        np.add(quotient, F32(12582912.0), out=quotient)
+        np.bitwise_and(bits, 0x007FFFFF, out=bits)
+        np.subtract(bits, 0x00400000, out=bits)
+        new[...] = bits
+        np.minimum(new, high, out=new)
+        np.maximum(new, low, out=new)
+        np.greater(slx, 0, out=cand)
+        np.not_equal(new, li, out=flag)
+        cand &= flag
+        idx = np.flatnonzero(cand)
+        if idx.size == 0:
+            continue
+        l_new = new[idx]
+        # slx += (w x) new; sl2 += (w new) new; then C's test
+        t_lx = slx[idx] + wxi[idx] * l_new
+        t_l2 = sl2[idx] + (wi[idx] * l_new) * l_new
+        a_lx, a_l2 = sumlx[idx], suml2[idx]
+        take = t_l2 > 0
+        take &= (t_lx * t_lx) * a_l2 > (a_lx * a_lx) * t_l2
+        if take.any():
+            j = idx[take]
+            li[j] = l_new[take]
+            sumlx[j] = t_lx[take]
+            suml2[j] = t_l2[take]
+            changed[j] = True
+    return changed
 
 
 def element_major(x: np.ndarray, n: int) -> np.ndarray:

@@ -54,7 +54,7 @@ def encode_q6_k(x: np.ndarray, out: np.ndarray) -> None:
     requant[:, keep] = codes[:, keep]
     q = block_major(requant, blocks)
     q[zero] = 0
-    _pack_q6(q, out[:, :192])
+    pack_q6(q, out[:, :192])
     out[:, 192:208] = sc.astype(np.int8).view(np.uint8)
     f16_bytes(d, out[:, 208:210])
 
@@ -66,7 +66,7 @@ def f16_bytes_of(d: np.ndarray) -> np.ndarray:
     return raw
 
 
-def _pack_q6(q: np.ndarray, out: np.ndarray) -> None:
+def pack_q6(q: np.ndarray, out: np.ndarray) -> None:
     """Codes uint8 (B, 256) in 0..63 -> ql (B, 128) and qh (B, 64) into ``out`` (B, 192)."""
     b = q.shape[0]
     q4 = q.reshape(b, 2, 4, 32)
