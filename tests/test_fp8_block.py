@@ -241,3 +241,46 @@ def test_a_3d_tensor_is_a_one_line_error(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert "3-D shape [2, 3, 4] in tensor w: 2-D block scales are for 2-D weights" in line
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_block_scales_need_version_4():
+    from quantcli.errors import QuantizedFormatError
+    from quantcli.io.quantized_format import read_entries
+
+    spec = QuantSpec("fp8", granularity="block", block_size=(64, 32))
+    entry = {**spec.to_dict(), "shape": [100, 70], "dtype": "F32"}
+    meta = {"quant.format": "quantcli", "quant.tensors": json.dumps({"w": entry})}
+    (read,) = read_entries({**meta, "quant.format_version": "4"}, "f.safetensors").values()
+    assert read.spec == spec and read.stored()[1][2] == (2, 3)
+    with pytest.raises(QuantizedFormatError, match="block scales of w need version 4"):
+        read_entries({**meta, "quant.format_version": "3"}, "f.safetensors")
+
+
+def test_a_checkpoint_with_a_rule_keeps_1d_tensors_and_blocks_the_rest(tmp_path):
+    from pathlib import Path
+
+    from safetensors.numpy import load_file
+
+    src = Path(__file__).resolve().parent.parent / "sample_weights" / "transformer.safetensors"
+    out = tmp_path / "q.safetensors"
+    result = run(
+        "compress", src, "-o", out, "--rule", "*=fp8-e5m2,granularity=block,block_size=32x16"
+    )
+    assert result.exit_code == 0, result.stderr
+    with safe_open(str(out), "np") as f:
+        entries = json.loads(f.metadata()["quant.tensors"])
+    original = load_file(str(src))
+    assert entries and all(original[n].ndim == 2 for n in entries)
+    assert any(a.ndim == 1 for a in original.values())  # kept, not refused
+    result = run("decompress", out, "-o", tmp_path / "r.safetensors")
+    assert result.exit_code == 0, result.stderr
+    restored = load_file(str(tmp_path / "r.safetensors"))
+    for name, entry in entries.items():
+        assert entry["granularity"] == "block" and entry["block_size"] == [32, 16]
+        x = original[name].astype(np.float32)
+        scales, codes = reference(x, "fp8-e5m2", 32, 16)
+        expected = (
+            codes.astype(np.float32)
+            * np.repeat(np.repeat(scales, 32, 0)[: x.shape[0]], 16, 1)[:, : x.shape[1]]
+        )
+        np.testing.assert_array_equal(restored[name].astype(np.float32), expected)
