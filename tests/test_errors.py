@@ -628,7 +628,7 @@ def zero_point_out_of_range(t, m):
 
 
 def unknown_version(t, m):
-    m["quant.format_version"] = "4"
+    m["quant.format_version"] = "999"
 
 
 def tensors_not_json(t, m):
@@ -662,7 +662,7 @@ QUANTIZED_FAULTS = {
     "missing zero_point": ("zeropoint", missing_zero_point, "a.weight.zero_point"),
     "code out of range": ("absmax", code_out_of_range, "code out of range"),
     "bits changed": ("zeropoint", zero_point_out_of_range, "a.weight"),
-    "format_version 4": ("absmax", unknown_version, "version '4'"),
+    "format_version 999": ("absmax", unknown_version, "version '999'"),
     "quant.tensors not JSON": ("absmax", tensors_not_json, "quant.tensors"),
     "axis out of range": ("absmax", axis_out_of_range, "axis 7"),
     "bits not a number": ("absmax", spec_without_bits, "bits"),

@@ -385,11 +385,13 @@ def edge_specs(scheme: str) -> list[QuantSpec]:
     info = SCHEMES[scheme]
     out = []
     for gran in info.granularities:
-        for calibration in ("minmax", "percentile"):
+        # 2-D blocks (fp8) are min-max only; blocks of 2x2 make several of them
+        for calibration in ("minmax",) if gran == "block" else ("minmax", "percentile"):
             bits = 4 if 4 in info.bits else info.bits[0]
             out.append(
                 QuantSpec(scheme, bits, gran, group_size=info.default_group_size if gran ==
-                          "group" else None, calibration=calibration)
+                          "group" else None, calibration=calibration,
+                          block_size=(2, 2) if gran == "block" else None)
             )  # fmt: skip
     return out
 
@@ -414,6 +416,10 @@ def error_bound(spec: QuantSpec, step: np.ndarray) -> np.ndarray:
 def test_edge_values_through_every_format(case, scheme, strict_numerics):
     x = np.asarray(EDGE_CASES[case], np.float32)
     for spec in edge_specs(scheme):
+        if spec.granularity == "block" and x.ndim != 2:
+            with pytest.raises(SpecError, match="2-D block scales are for 2-D weights"):
+                quantize(x, spec)
+            continue
         with strict_numerics():
             qt = quantize(x, spec, measure=True, packed=True)
             x_hat = qt.dequantize()
@@ -430,6 +436,10 @@ def test_edge_values_through_every_format(case, scheme, strict_numerics):
             shape = (x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)).shape
             if spec.granularity == "group":
                 step = np.repeat(step.reshape(shape[0], -1), spec.group_size, axis=1)
+                step = step[:, : shape[1]]
+            if spec.granularity == "block":
+                r, c = spec.block_size
+                step = np.repeat(np.repeat(step, r, axis=0)[: shape[0]], c, axis=1)
                 step = step[:, : shape[1]]
             step = np.broadcast_to(step.reshape(-1) if step.size == 1 else step, shape)
             err = np.abs(x.astype(np.float64) - x_hat.astype(np.float64)).reshape(shape)

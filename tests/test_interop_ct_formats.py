@@ -27,6 +27,7 @@ from compressed_tensors.quantization import (
     apply_quantization_config,
 )
 from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
+from compressed_tensors.quantization.utils.helpers import maybe_pad_tensor_for_block_quant
 from safetensors.torch import load_file as load_torch
 from test_interop_compressed_tensors import (  # noqa: F401 (the fixture is used by name)
     _build_the_command_once,
@@ -78,6 +79,12 @@ def observe(module: torch.nn.Module) -> None:
         lo, hi = groups.amin(-1), groups.amax(-1)
     elif args.strategy == "channel":
         lo, hi = weight.amin(-1, keepdim=True), weight.amax(-1, keepdim=True)
+    elif args.strategy == "block":
+        # the library pads partial edge blocks with zeros, which leave amax as it is
+        r, c = args.block_structure
+        padded = maybe_pad_tensor_for_block_quant(weight, (r, c))
+        tiles = padded.unflatten(0, (-1, r)).unflatten(-1, (-1, c))  # [R, r, C, c]
+        lo, hi = tiles.amin(dim=(1, 3)), tiles.amax(dim=(1, 3))
     else:
         lo, hi = weight.amin().reshape(1), weight.amax().reshape(1)
     scale, zero_point = calculate_qparams(lo, hi, args, global_scale=g)
@@ -171,6 +178,11 @@ EQUAL = [
         for g in ("channel", "tensor")
         for d in (torch.float32, torch.bfloat16, torch.float16)
     ],
+    *[
+        (QuantSpec("fp8", granularity="block", block_size=b), d)
+        for b in ((32, 64), (64, 96))  # 96 x 256: whole blocks, and partial ones both ways
+        for d in (torch.float32, torch.bfloat16, torch.float16)
+    ],
     (QuantSpec("nvfp4"), torch.float32),
     (QuantSpec("mxfp4-ct"), torch.float32),
     (QuantSpec("mxfp4-ct"), torch.bfloat16),
@@ -191,6 +203,20 @@ def test_bytes_equal_the_library_compressor(spec, dtype):
     assert QuantizationArgs.model_validate(group["weights"]) == (
         compressor.quantization_config.config_groups["group_0"].weights
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_block_of_zeros_gets_the_librarys_scale(dtype):
+    """A block of zeros: quant keeps scale 1, the library writes its dtype's epsilon; the
+    export writes the library's value (every code of the block is 0 either way)."""
+    x = gaussian(seed=3)
+    x[32:64, 64:128] = 0  # block (1, 1) of 32 x 64
+    spec = QuantSpec("fp8", granularity="block", block_size=(32, 64))
+    spec, ours, theirs, _, _ = single(x, spec, dtype)
+    eps = torch.finfo(dtype).eps
+    assert float(theirs["m.weight_scale"][1, 1]) == eps
+    for name, tensor in theirs.items():
+        assert same_bytes(as_torch(ours[name]), tensor), name
 
 
 def test_torch_divides_bf16_and_f16_as_float32_rounded():
@@ -291,11 +317,19 @@ def test_the_compressor_given_quants_scales_writes_quants_bytes(spec):
             torch.bfloat16,
         ),
         (("--scheme", "fp8"), torch.bfloat16),
+        (("--scheme", "fp8", "--granularity", "block", "--block-size", "32x48"), torch.bfloat16),
         (("--scheme", "nvfp4"), torch.float32),
         (("--scheme", "mxfp4-ct"), torch.bfloat16),
         (("--scheme", "zeropoint-ct", "--bits", "4", "--group-size", "32"), torch.bfloat16),
     ],
-    ids=["fullrange-ct-bf16", "fp8-bf16", "nvfp4-f32", "mxfp4-ct-bf16", "zeropoint-ct-bf16"],
+    ids=[
+        "fullrange-ct-bf16",
+        "fp8-bf16",
+        "fp8-block-bf16",
+        "nvfp4-f32",
+        "mxfp4-ct-bf16",
+        "zeropoint-ct-bf16",
+    ],
 )
 def test_a_model_folder_is_the_librarys_byte_for_byte(tmp_path, scheme, dtype):
     """quant compress on a folder against the library quantizing and compressing the same
@@ -325,6 +359,7 @@ def test_a_model_folder_is_the_librarys_byte_for_byte(tmp_path, scheme, dtype):
     [
         (("--scheme", "fp8"), torch.float32, None),
         (("--scheme", "fp8", "--granularity", "tensor"), torch.bfloat16, None),
+        (("--scheme", "fp8", "--granularity", "block", "--block-size", "32"), torch.float32, None),
         (("--scheme", "nvfp4"), torch.bfloat16, None),
         (("--scheme", "nvfp4"), torch.float32, torch.bfloat16),
         (("--scheme", "mxfp4-ct"), torch.bfloat16, None),
@@ -343,7 +378,15 @@ def test_a_model_folder_is_the_librarys_byte_for_byte(tmp_path, scheme, dtype):
             None,
         ),
     ],
-    ids=["fp8", "fp8-tensor-bf16", "nvfp4-bf16", "nvfp4-f32-as-bf16", "mxfp4-ct-bf16", "fullrange"],
+    ids=[
+        "fp8",
+        "fp8-tensor-bf16",
+        "fp8-block",
+        "nvfp4-bf16",
+        "nvfp4-f32-as-bf16",
+        "mxfp4-ct-bf16",
+        "fullrange",
+    ],
 )
 def test_transformers_loads_the_export_as_quant_decompresses_it(
     tmp_path, scheme, dtype, load_dtype

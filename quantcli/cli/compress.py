@@ -9,6 +9,7 @@ import typer
 
 from quantcli.cli.app import app
 from quantcli.cli.options import (
+    BlockSize,
     Calibration,
     Exclude,
     Force,
@@ -75,8 +76,9 @@ def compress(
         typer.Option(
             "--granularity",
             case_sensitive=False,
-            help="One scale per tensor, per channel (along --axis) or per group of --group-size "
-            "elements along the last axis. 0-d and 1-D tensors use one scale per tensor "
+            help="One scale per tensor, per channel (along --axis), per group of --group-size "
+            "elements along the last axis, or per 2-D block of --block-size (fp8 only; 2-D "
+            "tensors only). 0-d and 1-D tensors use one scale per tensor "
             "when channel is asked for. Default: the scheme's; for the integer schemes group "
             "at 4 bits and below, channel above (nf4, mxfp4 and nvfp4: group).",
             show_default=False,
@@ -95,6 +97,7 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    block_size: BlockSize = None,
     calibration: Annotated[
         Calibration,
         typer.Option("--calibration", case_sensitive=False, help="How the range is chosen."),
@@ -287,6 +290,7 @@ def compress(
         scheme=scheme.value,
         scale_dtype=scale_dtype and scale_dtype.value,
         super_block=super_block,
+        block_size=block_size,
     )
     gran = granularity.value if granularity else None
     if gran is None and bits is not None:
@@ -304,6 +308,7 @@ def compress(
         "scale_dtype": scale_dtype and scale_dtype.value,
         "search": search.value,
         "super_block": super_block,
+        "block_size": block_size,
     }
     selector = Selector(QuantSpec(**base), tuple(include or ()), tuple(exclude or ()), min_elements)
     the_plan = prepare_plan(

@@ -30,6 +30,7 @@ class Granularity(str, Enum):
     tensor = "tensor"
     channel = "channel"
     group = "group"
+    block = "block"
 
 
 class Calibration(str, Enum):
@@ -116,6 +117,38 @@ MinElements = Annotated[
         "--min-elements",
         min=0,
         help="Keep tensors with fewer elements unquantized (unless --include names them).",
+    ),
+]
+
+
+def check_block_size(value: str | None) -> str | None:
+    """--block-size: ROWSxCOLUMNS (or one number, a square), said as a usage error that names
+    the option."""
+    if value is None:
+        return None
+    from quantcli.core.spec import parse_block_size
+    from quantcli.errors import SpecError
+
+    try:
+        rows, cols = parse_block_size(value)
+    except SpecError:
+        raise typer.BadParameter(
+            f"{value!r} is not ROWSxCOLUMNS of positive integers; use e.g. 128x128, or 128 "
+            "for a square block"
+        ) from None
+    return f"{rows}x{cols}"
+
+
+BlockSize = Annotated[
+    str | None,
+    typer.Option(
+        "--block-size",
+        metavar="RxC",
+        callback=check_block_size,
+        help="Rows x columns of a block for --granularity block (fp8, fp8-e5m2): one scale "
+        "per tile of a 2-D weight, the last tile of each direction partial. ROWSxCOLUMNS, "
+        "ROWS,COLUMNS, or one number for a square. Default: 128x128 (DeepSeek-V3's).",
+        show_default=False,
     ),
 ]
 

@@ -13,6 +13,7 @@ import typer
 
 from quantcli.cli.app import app
 from quantcli.cli.options import (
+    BlockSize,
     Calibration,
     Exclude,
     Granularity,
@@ -80,7 +81,8 @@ def report(
         typer.Option(
             "--granularity",
             case_sensitive=False,
-            help="tensor, channel or group (repeatable). Default: channel and group.",
+            help="tensor, channel, group or block (fp8 only: 2-D blocks of --block-size) "
+            "(repeatable). Default: channel and group.",
             show_default=False,
         ),
     ] = None,
@@ -138,6 +140,7 @@ def report(
             show_default=False,
         ),
     ] = None,
+    block_size: BlockSize = None,
     search: Annotated[
         list[Search] | None,
         typer.Option(
@@ -279,6 +282,7 @@ def report(
         "--percentile": percentile,
         "--scale-dtype": scale_dtype,
         "--super-block": super_block,
+        "--block-size": block_size,
         "--search": search,
         "--min-elements": min_elements,
         "--nonfinite": nonfinite,
@@ -298,6 +302,7 @@ def report(
             axis=axis,
             scale_dtypes=[d.value for d in scale_dtype or []],
             super_blocks=super_block or [],
+            block_size=block_size,
             searches=[s.value for s in search or []],
         )
     )

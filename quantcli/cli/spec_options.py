@@ -65,6 +65,7 @@ def refuse_unused(
     scheme: str = "absmax",
     scale_dtype: str | None = None,
     super_block: int | None = None,
+    block_size: str | None = None,
 ) -> None:
     """UsageError for an option in ``given`` (names of the options given explicitly:
     ``axis``, ``group_size``, ``percentile``) that the spec would not use. ``granularity``:
@@ -85,6 +86,12 @@ def refuse_unused(
             f"--group-size {group_size} without --granularity group in {command}: {why} has "
             "no groups, so the group size would be ignored; add --granularity group, or drop "
             "--group-size"
+        )
+    if "block_size" in given and chosen != "block":
+        raise UsageError(
+            f"--block-size {block_size} without --granularity block in {command}: {why} has "
+            "no 2-D blocks, so the block size would be ignored; add --granularity block, or "
+            "drop --block-size"
         )
     if "axis" in given and chosen != "channel":
         raise UsageError(

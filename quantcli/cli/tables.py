@@ -264,6 +264,8 @@ def inspect_table(result: InspectResult) -> None:
                 row += ["kept", "", "", ""]
             else:
                 gran = {"channel": f"channel({s.axis})", "group": f"group({s.group_size})"}
+                if s.block_size is not None:
+                    gran["block"] = "block({}x{})".format(*s.block_size)
                 row += [
                     s.scheme,
                     str(s.bits),

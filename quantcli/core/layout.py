@@ -7,6 +7,9 @@ Stored parameter shapes (what ``param_shape`` returns), for an array of shape ``
 - channel: ``S`` with every axis but ``axis`` set to 1
 - group:   ``S[:-1] + (ceil(S[-1] / group_size),)``   one value per group of the last axis;
   the last group of a row may be shorter (ragged)
+- block:   ``(ceil(S[0] / R), ceil(S[1] / C))`` for a 2-D ``S`` and ``block_size`` (R, C): one
+  value per R x C tile; the last tile of each direction may be partial (DeepSeek-V3's
+  ``weight_scale_inv`` shape)
 
 A 0-d array is handled as a one-element 1-D array.
 
@@ -16,6 +19,8 @@ its parameters into a fixed rank per granularity:
 - group:   array (rows, last), parameters (rows, n_groups); chunks of whole rows;
 - channel: array (before, channels, after), parameters (1, channels, 1); chunks of whole
   channels;
+- block:   array (rows, columns), parameters (row blocks, column blocks); chunks of whole
+  block-rows (``param_index`` maps a chunk's rows to its parameter rows);
 - tensor:  array (elements,), parameters (1,); chunks of consecutive elements.
 """
 
@@ -38,6 +43,8 @@ def param_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, ...]:
     if spec.granularity == "channel":
         axis = spec.resolve_axis(len(shape))
         return tuple(n if i == axis else 1 for i, n in enumerate(shape))
+    if spec.granularity == "block":
+        return tuple(-(-n // b) for n, b in zip(shape, spec.block_size))
     n_groups = -(-shape[-1] // spec.group_size)
     return shape[:-1] + (n_groups,)
 
@@ -56,14 +63,29 @@ class Tiling:
     param_view_shape: tuple[int, ...]
     chunks: tuple[tuple, ...]
     group_size: int = 0
+    block_size: tuple[int, int] = (0, 0)
 
     @property
     def independent(self) -> bool:
         return self.granularity != "tensor"
 
+    def param_index(self, index: tuple) -> tuple:
+        """The index of chunk ``index``'s parameters in the parameter view: the chunk's own
+        index but for blocks, whose chunk of rows r0:r1 has the block-rows r0/R:ceil(r1/R)."""
+        if self.granularity != "block":
+            return index
+        rows, r = index[0], self.block_size[0]
+        return (slice(rows.start // r, -(-min(rows.stop, self.view_shape[0]) // r)),)
+
     def reduce(self, ufunc: np.ufunc, part: np.ndarray) -> np.ndarray:
         """``ufunc`` (np.minimum / np.maximum) over every group of chunk ``part``, in the
         parameter view's shape."""
+        if self.granularity == "block":
+            if part.size == 0:
+                return np.empty(_blocks(part.shape, self.block_size), part.dtype)
+            r, c = self.block_size
+            cols = ufunc.reduceat(part, np.arange(0, part.shape[1], c), axis=1)
+            return ufunc.reduceat(cols, np.arange(0, part.shape[0], r), axis=0)
         if self.granularity == "group":
             if part.shape[1] == 0:
                 return np.empty((part.shape[0], 0), part.dtype)
@@ -76,6 +98,12 @@ class Tiling:
     def expand(self, param: np.ndarray, part: np.ndarray) -> np.ndarray:
         """Parameters of chunk ``part`` made to broadcast against it. Group parameters are
         repeated to one per element: NumPy broadcasting over many short rows costs far more."""
+        if self.granularity == "block":
+            if param.ndim != 2:  # the (1,) parameters of an empty chunk (calibration.py)
+                return param
+            r, c = self.block_size
+            rows = np.repeat(param, r, axis=0)[: part.shape[0]]
+            return np.repeat(rows, c, axis=1)[:, : part.shape[1]]
         if self.granularity != "group" or param.shape[1] == 0:
             return param
         return np.repeat(param, self.group_size, axis=1)[:, : part.shape[1]]
@@ -115,6 +143,15 @@ def tiling(shape: tuple[int, ...], spec: QuantSpec, chunk_elements: int) -> Tili
         group_size = min(spec.group_size, max(last, 1))
         n_groups = -(-last // group_size)
         return Tiling("group", (rows, last), (rows, n_groups), chunks, group_size)
+    if spec.granularity == "block":
+        if len(shape) != 2:
+            raise ValueError(f"block tiling of a {len(shape)}-D shape {shape}: blocks are 2-D")
+        rows, cols = shape
+        r = spec.block_size[0]
+        # whole block-rows only, so each block is calibrated inside one chunk
+        step = r * max(1, chunk_elements // max(r * cols, 1))
+        chunks = tuple((slice(i, i + step),) for i in range(0, rows, step))
+        return Tiling("block", shape, _blocks(shape, spec.block_size), chunks, 0, spec.block_size)
     if spec.granularity == "channel":
         axis = spec.resolve_axis(len(shape))
         before, channels = math.prod(shape[:axis]), shape[axis]
@@ -126,3 +163,8 @@ def tiling(shape: tuple[int, ...], spec: QuantSpec, chunk_elements: int) -> Tili
         return Tiling("channel", (before, channels, after), (1, channels, 1), chunks)
     chunks = tuple((slice(i, i + chunk_elements),) for i in range(0, size, chunk_elements))
     return Tiling("tensor", (size,), (1,), chunks)
+
+
+def _blocks(shape: tuple[int, int], block_size: tuple[int, int]) -> tuple[int, int]:
+    """(row blocks, column blocks) of a 2-D ``shape``, partial edge blocks included."""
+    return -(-shape[0] // block_size[0]), -(-shape[1] // block_size[1])

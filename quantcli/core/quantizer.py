@@ -182,7 +182,7 @@ def quantize(
                 p = _two_level(part, spec, name, superblocks, index)
             elif spec.search != "none":
                 p = _searched(tiles, spec, part, p, name)
-            params.part(index).store(p)
+            params.part(tiles.param_index(index)).store(p)
             return chunk(index, part, p)
     else:
         # one group spans every chunk: its range comes first (chunk by chunk for min-max)
@@ -270,7 +270,7 @@ def dequantize(
     saturate = _may_overflow(scale32, spec)
 
     def run(index) -> None:
-        part, pi = cv[index], index if tiles.independent else Ellipsis
+        part, pi = cv[index], tiles.param_index(index) if tiles.independent else Ellipsis
         zp = None if zpv is None else tiles.expand(zpv[pi], part)
         with np.errstate(over="ignore") if saturate else contextlib.nullcontext():
             scheme.decode(part, tiles.expand(scale32[pi], part), zp, out=out[index])
@@ -290,7 +290,7 @@ def clipped_mask(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
     hi = qt.clip_hi.reshape(tiles.param_view_shape)
     mask = np.empty(tiles.view_shape, bool)
     for index in tiles.chunks:
-        part, pi = _float32(xv[index]), index if tiles.independent else Ellipsis
+        part, pi = _float32(xv[index]), tiles.param_index(index) if tiles.independent else Ellipsis
         mask[index] = (part < tiles.expand(lo[pi], part)) | (part > tiles.expand(hi[pi], part))
     return mask.reshape(np.shape(x))
 

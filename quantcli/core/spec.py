@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, replace
 
 from quantcli.core.scales import DEFAULT_SUPER_BLOCK, SCALE_ALIASES, SCALE_KINDS, SHORT_NAMES
@@ -17,12 +18,36 @@ SCHEME_ALIASES = {
     "e4m3": "fp8",
     "e5m2": "fp8-e5m2",
 }
-GRANULARITIES = ("tensor", "channel", "group")
+GRANULARITIES = ("tensor", "channel", "group", "block")
+DEFAULT_BLOCK_SIZE = (128, 128)  # DeepSeek-V3's FP8 weight_scale_inv blocks
 CALIBRATIONS = ("minmax", "percentile")
 SCALE_DTYPES = tuple(SCALE_KINDS)
 TWO_LEVEL_SCALE_DTYPES = tuple(name for name, kind in SCALE_KINDS.items() if kind.two_level)
 TWO_LEVEL_SEARCHES = ("none", "mse", "wmse")
 MIN_BITS, MAX_BITS = 2, 8
+
+
+def parse_block_size(value) -> tuple[int, int]:
+    """(rows, columns) of a 2-D block from ``"RxC"``, ``"R,C"``, ``"N"`` (N x N), an int or a
+    pair. SpecError when it is not one or two positive integers."""
+    if isinstance(value, str):
+        parts = re.split(r"\s*[x,]\s*", value.strip().lower())
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        sizes = [int(p) if not isinstance(p, (bool, float)) else None for p in parts]
+    except (TypeError, ValueError):
+        sizes = [None]
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or any(n is None or n < 1 for n in sizes):
+        raise SpecError(
+            f"block size {value!r} in quantization spec: not one or two positive integers; "
+            "use ROWSxCOLUMNS, e.g. 128x128, or one number for a square block"
+        )
+    return sizes[0], sizes[1]
 
 
 def _schemes_taking(search: str) -> list[str]:
@@ -39,8 +64,11 @@ class QuantSpec:
     scheme: the number format (``schemes/``): ``absmax`` (symmetric, signed codes),
     ``zeropoint`` (asymmetric, unsigned codes), ``fullrange``, ``fp8``, ``nf4``, ``mxfp4``,
     ``nvfp4`` and their variants.
-    granularity: ``tensor`` (one scale), ``channel`` (one scale per index along ``axis``) or
-    ``group`` (one scale per ``group_size`` consecutive elements of the last axis).
+    granularity: ``tensor`` (one scale), ``channel`` (one scale per index along ``axis``),
+    ``group`` (one scale per ``group_size`` consecutive elements of the last axis) or
+    ``block`` (fp8 only: one scale per ``block_size`` = (rows, columns) tile of a 2-D weight,
+    128x128 by default as DeepSeek-V3's checkpoints; the last tile of each direction may be
+    partial).
     calibration: ``minmax`` or ``percentile`` (clip the range to the ``percentile``-th value).
     scale_dtype: how scales are stored (``scales.py``); part of the bits per weight. The
     two-level kinds ``k4``, ``k6``, ``k8`` (absmax and zeropoint, per group) store k-bit scale
@@ -66,6 +94,7 @@ class QuantSpec:
     scale_dtype: str | None = None
     search: str = "none"
     super_block: int | None = None
+    block_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         scheme = SCHEME_ALIASES.get(str(self.scheme).lower())
@@ -101,6 +130,13 @@ class QuantSpec:
             raise SpecError(
                 f"unknown granularity {self.granularity!r} in quantization spec: "
                 f"choose one of {', '.join(GRANULARITIES)}"
+            )
+        if self.granularity == "block" and "block" not in info.granularities:
+            takers = [name for name, s in SCHEMES.items() if "block" in s.granularities]
+            raise SpecError(
+                f"granularity block in quantization spec: {scheme} has no 2-D block scales, "
+                f"only {', '.join(takers)} do; use --scheme {takers[0]}, or --granularity "
+                f"{info.granularities[-1]}"
             )
         if self.granularity not in info.granularities:
             raise SpecError(
@@ -166,6 +202,7 @@ class QuantSpec:
                 "channel; use --granularity group or channel"
             )
         self._check_two_level()
+        self._check_block()
         if self.granularity == "group" and info.group_sizes:
             if self.group_size not in info.group_sizes:
                 raise SpecError(
@@ -173,6 +210,25 @@ class QuantSpec:
                     f"scale per {info.group_sizes[0]} elements; use --group-size "
                     f"{info.group_sizes[0]}"
                 )
+
+    def _check_block(self) -> None:
+        """The rules of 2-D block scales (``granularity="block"``) and ``block_size``."""
+        if self.granularity != "block":
+            if self.block_size is not None:
+                raise SpecError(
+                    f"block size {self.block_size!r} in quantization spec: only "
+                    "--granularity block has 2-D blocks; add --granularity block, or drop "
+                    "--block-size"
+                )
+            return
+        size = DEFAULT_BLOCK_SIZE if self.block_size is None else self.block_size
+        object.__setattr__(self, "block_size", parse_block_size(size))
+        if self.calibration != "minmax":
+            raise SpecError(
+                "percentile calibration with --granularity block in quantization spec: block "
+                "scales are each block's amax / max, as DeepSeek-style checkpoints store them; "
+                "use --calibration minmax"
+            )
 
     def _check_two_level(self) -> None:
         """The rules of two-level scales (``k4``, ``k6``, ``k8``) and ``super_block``."""
@@ -254,6 +310,12 @@ class QuantSpec:
         """This spec checked against a tensor shape, with the axis made non-negative."""
         if self.granularity == "channel":
             return replace(self, axis=self.resolve_axis(len(shape), name))
+        if self.granularity == "block" and len(shape) != 2:
+            raise SpecError(
+                f"{len(shape)}-D shape {list(shape)} in tensor {name}: 2-D block scales are for "
+                "2-D weights [out, in]; keep it unquantized (--exclude), or give it another "
+                "granularity with --rule"
+            )
         if self.two_level:
             n = shape[-1] if shape else 1
             if n % self.group_size:
@@ -281,6 +343,9 @@ class QuantSpec:
                 gran = "ch" if self.axis == 0 else f"ch{self.axis}"
         elif self.granularity == "group":
             gran = f"g{self.group_size}" if short else f"group({self.group_size})"
+        elif self.granularity == "block":
+            rows, cols = self.block_size
+            gran = f"b{rows}x{cols}" if short else f"block({rows}x{cols})"
         else:
             gran = "t" if short else "tensor"
         text += f" {gran}"
@@ -303,14 +368,18 @@ class QuantSpec:
         return self.label(short=True)
 
     def to_dict(self) -> dict:
-        """The fields as a dict; ``search`` only when one was used and ``super_block`` only
-        with two-level scales (files and JSON made without them stay as they were before
-        they existed)."""
+        """The fields as a dict; ``search`` only when one was used, ``super_block`` only
+        with two-level scales and ``block_size`` (a [rows, columns] list) only with blocks
+        (files and JSON made without them stay as they were before they existed)."""
         data = asdict(self)
         if self.search == "none":
             del data["search"]
         if data["super_block"] is None:
             del data["super_block"]
+        if data["block_size"] is None:
+            del data["block_size"]
+        else:
+            data["block_size"] = list(data["block_size"])
         return data
 
     @classmethod

@@ -144,7 +144,8 @@ class CTFormat:
 PACK = CTFormat(PACK_QUANTIZED, "int", SUPPORTED_BITS, ("channel", "group"), "int32")
 # FP8 weight-only: what the library's own compressor names it ("float-quantized" is the
 # name it gives FP8 with quantized activations; both load the same way)
-FP8 = CTFormat(NAIVE_QUANTIZED, "float", (8,), ("tensor", "channel"), "weight")
+# block: DeepSeek-style 2-D tiles (``block_structure`` [R, C]; llm-compressor's FP8_BLOCK)
+FP8 = CTFormat(NAIVE_QUANTIZED, "float", (8,), ("tensor", "block", "channel"), "weight")
 NVFP4 = CTFormat(NVFP4_PACK_QUANTIZED, "float", (4,), ("group",), "nibbles", "e4m3", "tensor_group")
 MXFP4 = CTFormat(MXFP4_PACK_QUANTIZED, "float", (4,), ("group",), "nibbles", "e8m0")
 
@@ -271,6 +272,8 @@ def weight_args(spec: QuantSpec) -> dict:
         "dynamic": False,
         "actorder": None,
     }
+    if spec.granularity == "block":
+        args["block_structure"] = list(spec.block_size)
     if fmt.scale_dtype is not None:
         args["scale_dtype"] = _TORCH_SCALE_DTYPES[fmt.scale_dtype]
     return args
@@ -450,6 +453,10 @@ def _library_zero_scale(spec: QuantSpec, scale: np.ndarray, codes: np.ndarray) -
         zero = np.array([not codes.any()])
     elif spec.granularity == "group":
         zero = ~codes.reshape(rows, scale.shape[1], -1).any(axis=2)
+    elif spec.granularity == "block":
+        r, c = spec.block_size
+        nonzero = np.logical_or.reduceat(codes != 0, np.arange(0, codes.shape[1], c), axis=1)
+        zero = ~np.logical_or.reduceat(nonzero, np.arange(0, rows, r), axis=0)
     else:
         zero = ~codes.reshape(rows, -1).any(axis=1, keepdims=True)
     zero = zero.reshape(scale.shape) & (scale == 1)
@@ -577,6 +584,11 @@ def _parse_args(name: str, args: object, fmt_name: object, label: str) -> dict:
         )
     if strategy == "group" and (group is None or group < 1):
         raise _bad(label, f"group {name!r}: group_size {group!r} is not a positive integer")
+    block = args.get("block_structure")
+    if strategy == "block":
+        ok = isinstance(block, list) and len(block) == 2
+        if not ok or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in block):
+            raise _bad(label, f"group {name!r}: block_structure {block!r} is not two positive ints")
     symmetric = args.get("symmetric", True)
     if not isinstance(symmetric, bool):
         raise _bad(label, f"group {name!r}: symmetric {symmetric!r} is not true or false")
@@ -594,6 +606,7 @@ def _parse_args(name: str, args: object, fmt_name: object, label: str) -> dict:
         "bits": bits,
         "strategy": strategy,
         "group_size": group,
+        "block_size": tuple(block) if strategy == "block" else None,
         "symmetric": symmetric,
     }
 
@@ -684,6 +697,7 @@ def read_entries(config: dict, infos: dict, label: str) -> dict[str, CTEntry]:
             granularity=args["strategy"],
             group_size=args["group_size"] or 128,
             scale_dtype=scale_dtype,
+            block_size=args["block_size"],
         )
         shape = (0, 0)  # pack-quantized: from M.weight_shape
         if fmt.layout != "int32":

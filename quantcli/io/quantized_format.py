@@ -18,7 +18,9 @@ For each quantized tensor NAME the file holds:
   (``quantcli.core.scales.SuperBlockScales``).
 
 Version 2 adds the schemes beyond absmax and zeropoint, their scale dtypes and
-NAME.tensor_scale; version 3 adds two-level scales. A file is written with the oldest
+NAME.tensor_scale; version 3 adds two-level scales; version 4 adds 2-D block scales
+(``granularity`` "block", ``block_size`` [rows, columns]; NAME.scale of shape
+``(ceil(rows / R), ceil(columns / C))``). A file is written with the oldest
 version that holds it, so older quant versions still read what they can.
 
 Kept tensors are stored under their own name, byte for byte. The header's ``__metadata__``
@@ -51,8 +53,8 @@ if TYPE_CHECKING:
     from quantcli.core.quantizer import QuantizedTensor
 
 FORMAT_NAME = "quantcli"
-FORMAT_VERSION = "3"
-READ_VERSIONS = ("1", "2", "3")
+FORMAT_VERSION = "4"
+READ_VERSIONS = ("1", "2", "3", "4")
 VERSION_1_SCHEMES = ("absmax", "zeropoint")
 SCALE_SUFFIX = ".scale"
 ZERO_POINT_SUFFIX = ".zero_point"
@@ -187,7 +189,10 @@ def header_metadata(
 
 def format_version(entries: list[QuantizedEntry]) -> str:
     """The oldest version that holds ``entries``: 1 when they all use absmax or zeropoint
-    with one-level scales, 3 when any has two-level scales, else 2."""
+    with one-level scales, 4 when any has 2-D block scales, 3 when any has two-level scales,
+    else 2."""
+    if any(e.spec.granularity == "block" for e in entries):
+        return "4"
     if any(e.spec.two_level for e in entries):
         return "3"
     return "1" if all(e.spec.scheme in VERSION_1_SCHEMES for e in entries) else "2"
@@ -216,6 +221,8 @@ def read_entries(metadata: dict[str, str], label: str) -> dict[str, QuantizedEnt
                 raise ValueError(f"scheme {spec.scheme} of {_shown(name)} needs version 2")
             if version in ("1", "2") and spec.two_level:
                 raise ValueError(f"{spec.scale_dtype} scales of {_shown(name)} need version 3")
+            if version in ("1", "2", "3") and spec.granularity == "block":
+                raise ValueError(f"block scales of {_shown(name)} need version 4")
             shape = tuple(int(n) for n in item["shape"])
             if any(n < 0 for n in shape):
                 raise ValueError(f"negative dimension in {_shown(name)}")

@@ -44,7 +44,7 @@ import numpy as np
 from quantcli.core.metrics import ErrorStats
 from quantcli.core.quantizer import quantize
 from quantcli.core.schemes import SCHEMES
-from quantcli.core.spec import SCHEME_ALIASES, QuantSpec
+from quantcli.core.spec import SCHEME_ALIASES, QuantSpec, parse_block_size
 from quantcli.errors import InputError, SpecError, UsageError
 from quantcli.io.dtypes import safetensors_dtype
 from quantcli.io.quantized_format import QuantizedEntry
@@ -81,12 +81,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # how a value of each QuantSpec field is read from text; fields not listed are read as text
-_FIELD_TYPES: dict[str, type] = {
+_FIELD_TYPES: dict[str, Callable] = {
     "bits": int,
     "group_size": int,
     "axis": int,
     "percentile": float,
     "super_block": int,
+    "block_size": parse_block_size,  # 128x128 or 128 (a comma separates the options)
 }
 
 

@@ -92,6 +92,7 @@ def configs_from_options(
     scale_dtypes: Sequence[str] = (),
     searches: Sequence[str] = (),
     super_blocks: Sequence[int] = (),
+    block_size: str | None = None,
 ) -> list[QuantSpec]:
     """The cartesian product of the options, each empty option taking the default sweep's values.
 
@@ -128,6 +129,11 @@ def configs_from_options(
             f"--super-block {super_blocks[0]} without two-level scales in quant report: no "
             "configuration has super-blocks; add --scale-dtype k6 (or k4, k8)"
         )
+    if block_size is not None and "block" not in granularities:
+        raise UsageError(
+            f"--block-size {block_size} without --granularity block in quant report: no "
+            "configuration uses 2-D blocks; add --granularity block"
+        )
     group_sizes = list(group_sizes) or list(DEFAULT_GROUP_SIZES)
     out: list[QuantSpec] = []
     for scheme, b, gran, calib, sdtype, search in product(
@@ -147,6 +153,9 @@ def configs_from_options(
         # a search a format does not take, or per tensor, is left out of that configuration
         if search not in searches_for(info.name) or gran == "tensor":
             search = "none"
+        if gran == "block" and calib != "minmax":
+            continue  # block scales are each block's amax / max
+
         sizes = group_sizes if gran == "group" else [_BASE.group_size]
         if gran == "group" and info.group_sizes:
             sizes = [gs for gs in sizes if gs in info.group_sizes] or [info.default_group_size]
@@ -166,6 +175,7 @@ def configs_from_options(
                 scale_dtype=sdtype,
                 search=search,
                 super_block=sb,
+                block_size=block_size if gran == "block" else None,
             )
             if spec not in out:
                 out.append(spec)
@@ -185,6 +195,7 @@ def config_fields(spec: QuantSpec) -> dict:
         "percentile": spec.percentile if spec.calibration == "percentile" else None,
         "scale_dtype": spec.scale_dtype,
         "super_block": spec.super_block,
+        "block_size": "{}x{}".format(*spec.block_size) if spec.block_size else None,
         "search": spec.search,
     }
 

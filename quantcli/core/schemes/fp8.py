@@ -1,9 +1,10 @@
 """fp8: 8-bit floats under a float32 scale, E4M3 (max 448) or E5M2 (max 57344).
 
-scale = amax / max (one per tensor, channel or group); q = fp8(clip(x / scale, -max, max))
-with round to nearest even; x_hat = float(q) * scale. The clip comes before the cast because
-ml_dtypes turns an E4M3 overflow (480 and up) into NaN instead of saturating. Codes are stored
-as the fp8 dtype itself (safetensors F8_E4M3 / F8_E5M2), so any reader sees the values.
+scale = amax / max (one per tensor, channel, group or 2-D block);
+q = fp8(clip(x / scale, -max, max)) with round to nearest even; x_hat = float(q) * scale. The
+clip comes before the cast because ml_dtypes turns an E4M3 overflow (480 and up) into NaN
+instead of saturating. Codes are stored as the fp8 dtype itself (safetensors F8_E4M3 /
+F8_E5M2), so any reader sees the values.
 
 With bfloat16 or float16 scales (a model of that dtype, exported to compressed-tensors) codes
 are computed as that library computes them: with the scale as stored, and x / scale rounded to
@@ -45,6 +46,8 @@ class FP8(Scheme):
     name = "fp8"
     summary = "8-bit float E4M3 (max 448) under a scale = amax / 448"
     bits = (8,)
+    # block: one scale per 2-D tile of a weight (128x128 in DeepSeek-V3's checkpoints)
+    granularities = ("tensor", "channel", "group", "block")
     code_dtype = np.dtype(ml_dtypes.float8_e4m3fn)
     signed = False
     integer = False
