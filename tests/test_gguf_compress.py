@@ -368,6 +368,12 @@ def test_bad_inputs_are_one_line_errors(model, tmp_path):
     assert_fails(run("compress", model, "-o", out, "--type", "Q4_X"), 2, "'Q4_X'", "Q4_K_M")
     assert_fails(run("compress", model, "-o", out), 2, "--type")
     assert_fails(run("compress", model, "-o", out, "--type", "Q4_0", "--bits", "4"), 2, "--bits")
+    # the spec options of quant's own formats are refused, never ignored
+    for option, value in (("--block-size", "64"), ("--super-block", "4"), ("--scale-dtype", "k6")):
+        line = assert_fails(
+            run("compress", model, "-o", out, "--type", "Q4_K", option, value), 2, option
+        )
+        assert "with a GGUF output" in line
     assert_fails(
         run("compress", model, "-o", tmp_path / "x.safetensors", "--type", "Q4_0"), 2, "*.gguf"
     )

@@ -18,6 +18,7 @@ _SPEC_OPTIONS = {
     "percentile": "--percentile",
     "scale_dtype": "--scale-dtype",
     "super_block": "--super-block",
+    "block_size": "--block-size",
     "format": "--format",
     "include": "--include",
     "min_elements": "--min-elements",
