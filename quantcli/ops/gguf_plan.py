@@ -30,14 +30,7 @@ from quantcli.core.ggml.mixes import KEEP, TensorChoice, TensorFacts, fitted_typ
 from quantcli.core.metrics import ErrorStats
 from quantcli.errors import UsageError
 from quantcli.io.source import TensorSource
-from quantcli.ops.plan import (
-    OBJECTIVES,
-    Pattern,
-    Unreachable,
-    allocate,
-    parse_importance,
-    parse_size,
-)
+from quantcli.ops.plan import Budget, Pattern, Unreachable, allocate, make_budget
 
 #: what a budget chooses among by default: the K-quant family and Q8_0 (and keep)
 DEFAULT_CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
@@ -124,29 +117,32 @@ def rule_types(
 
 @dataclass(frozen=True)
 class TypeBudget:
-    """What the allocation must meet and minimises (as ``quantcli.ops.plan.Budget``).
+    """What the allocation must meet and minimises: ``limits``, the limits, objective and
+    importance of ``quantcli.ops.plan.Budget`` (its target_bpw counts the bits of the tensors
+    the mix quantizes, rules' included; its max_size every tensor of the file), and the
+    ggml types a tensor may get (``keep``: as it is)."""
 
-    target_bpw: stored bits per weight over the tensors the mix quantizes (those rules fix
-    included), at most; max_size: bytes of every tensor of the file, at most; candidates:
-    the types a tensor may get (``keep``: as it is)."""
-
-    target_bpw: Fraction | None
-    max_size: int | None
-    objective: str = "total"
-    importance: tuple[tuple[Pattern, float], ...] = ()
+    limits: Budget
     candidates: tuple[str, ...] = (*DEFAULT_CANDIDATES, KEEP)
 
     @property
+    def target_bpw(self) -> Fraction | None:
+        return self.limits.target_bpw
+
+    @property
+    def max_size(self) -> int | None:
+        return self.limits.max_size
+
+    @property
+    def objective(self) -> str:
+        return self.limits.objective
+
+    @property
     def describe(self) -> str:
-        parts = []
-        if self.target_bpw is not None:
-            parts.append(f"--target-bpw {float(self.target_bpw):g}")
-        if self.max_size is not None:
-            parts.append(f"--max-size {self.max_size}")
-        return ", ".join(parts)
+        return self.limits.describe
 
     def weight(self, name: str) -> float:
-        return next((w for p, w in self.importance if p.matches(name)), 1.0)
+        return self.limits.weight(name)
 
 
 def make_type_budget(
@@ -156,42 +152,18 @@ def make_type_budget(
     importance: Sequence[str],
     candidates: Sequence[str],
 ) -> TypeBudget | None:
-    """The budget of the GGUF path's options, or None. UsageError for tuning options
-    without a budget and for bad values."""
-    if target_bpw is None and max_size is None:
-        tuning = [
-            name
-            for name, value in (
-                ("--objective", objective),
-                ("--importance", importance),
-                ("--candidate", candidates),
-            )
-            if value
-        ]
-        if tuning:
-            raise UsageError(
-                f"{tuning[0]} without a budget: it tunes the allocation of --target-bpw or "
-                "--max-size; add one of them, or drop it"
-            )
+    """The budget of the GGUF path's options, or None (``make_budget`` checks the limits and
+    the tuning options; the candidates here are ggml types)."""
+    if target_bpw is None and max_size is None and candidates:
+        raise UsageError(
+            "--candidate without a budget: it tunes the allocation of --target-bpw or "
+            "--max-size; add one of them, or drop it"
+        )
+    limits = make_budget(target_bpw, max_size, None, objective, importance)
+    if limits is None:
         return None
-    target = None
-    if target_bpw is not None:
-        if not (math.isfinite(target_bpw) and target_bpw > 0):
-            raise UsageError(
-                f"target {target_bpw:g} in --target-bpw: must be a number above 0; e.g. "
-                "--target-bpw 4.5"
-            )
-        target = Fraction(repr(float(target_bpw)))
-    if objective is not None and objective not in OBJECTIVES:
-        raise UsageError(f"unknown objective {objective!r}: choose {' or '.join(OBJECTIVES)}")
     kinds = tuple(dict.fromkeys(type_name(c, f"--candidate {c!r}") for c in candidates))
-    return TypeBudget(
-        target_bpw=target,
-        max_size=parse_size(max_size) if max_size is not None else None,
-        objective=objective or "total",
-        importance=tuple(parse_importance(text) for text in importance),
-        candidates=kinds or (*DEFAULT_CANDIDATES, KEEP),
-    )
+    return TypeBudget(limits, kinds or (*DEFAULT_CANDIDATES, KEEP))
 
 
 @dataclass
