@@ -197,3 +197,16 @@ def test_report_applies_rules_to_ggml_types(model, tmp_path):
         n = math.prod(llama_tensors()[name].shape)
         assert row["mse"] * n == pytest.approx(errors[name], rel=1e-9), name
     assert_fails(run("report", model, "--type", "Q4_K_M", "--rule", "*nope*=Q8_0"), 2, "no tensor")
+
+
+def test_a_tensor_no_candidate_fits_is_one_line(model, tmp_path):
+    """ffn_down's rows of 288 fit no K-quant block, and --no-fallback forbids the fallback."""
+    out = tmp_path / "x.gguf"
+    line = assert_fails(
+        run("compress", model, "-o", out, "--type", "Q4_K", "--no-fallback", "--target-bpw",
+            "5", "--candidate", "Q4_K", "--candidate", "Q6_K"),
+        2,
+        "no candidate type fits tensor blk.0.ffn_down.weight",
+    )  # fmt: skip
+    assert "--no-fallback" in line and "--candidate keep" in line
+    assert not out.exists()

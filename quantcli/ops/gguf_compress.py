@@ -246,7 +246,9 @@ def choose_types(
     assigned = rule_types(rules, plan_types(facts, model, mix, True, kept), source.label)
     plan = budget if isinstance(budget, TypePlan) else None
     if isinstance(budget, TypeBudget):
-        fixed = plan_types(facts, model, mix, fallback, kept, assigned)
+        # the mix's own type of a tensor the budget decides does not matter: no fallback
+        # check here (the rules' types are checked below, with the rest)
+        fixed = plan_types(facts, model, mix, True, kept, assigned)
 
         def encode(x: np.ndarray, kind: str, name: str):
             return encode_tensor(x, kind, name, search)  # as the file will be written

@@ -30,7 +30,14 @@ from quantcli.core.ggml.mixes import KEEP, TensorChoice, TensorFacts, fitted_typ
 from quantcli.core.metrics import ErrorStats
 from quantcli.errors import UsageError
 from quantcli.io.source import TensorSource
-from quantcli.ops.plan import Budget, Pattern, Unreachable, allocate, make_budget
+from quantcli.ops.plan import (
+    Budget,
+    Pattern,
+    Unreachable,
+    allocate,
+    make_budget,
+    weighted_error,
+)
 
 #: what a budget chooses among by default: the K-quant family and Q8_0 (and keep)
 DEFAULT_CANDIDATES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
@@ -281,6 +288,13 @@ def measure_types(
                 written, type_bytes(written, t.shape, t.type, nbytes), stats
             )
         del x
+        if not options:
+            raise UsageError(
+                f"no candidate type fits tensor {t.name} in {source.label}: its rows of "
+                f"{t.shape[-1]} fit none of {', '.join(budget.candidates)}"
+                f"{' without a fallback (--no-fallback)' if not fallback else ''}; add "
+                "--candidate keep or a type of 32-element blocks (--candidate Q8_0)"
+            )
         plan.tensors.append(
             TypedTensor(t.name, t.shape, t.type, list(options.values()), budget.weight(t.name))
         )
@@ -290,18 +304,10 @@ def measure_types(
     return plan
 
 
-def _objective(t: TypedTensor, option: TypeOption, objective: str) -> float:
-    error = option.stats.sum_sq_error
-    if objective == "relative":
-        signal = option.stats.sum_sq_signal
-        error = error * t.elements / signal if signal > 0 else 0.0
-    return t.weight * error
-
-
 def _allocate(plan: TypePlan, label: str) -> None:
     budget = plan.budget
     bits = [[8 * o.nbytes for o in t.options] for t in plan.tensors]
-    errors = [[_objective(t, o, budget.objective) for o in t.options] for t in plan.tensors]
+    errors = [[weighted_error(t, o, budget.objective) for o in t.options] for t in plan.tensors]
     limits = []
     if budget.target_bpw is not None:
         limits.append(math.floor(budget.target_bpw * plan.elements) - 8 * plan.fixed_bytes)

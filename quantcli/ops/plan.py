@@ -708,10 +708,13 @@ class PlanResult:
     def objective_value(self) -> float:
         """The minimised objective: weighted squared errors (see Budget.objective)."""
         objective = self.budget.objective if self.budget else "total"
-        return sum(_objective(t, t.chosen, objective) for t in self.tensors)
+        return sum(weighted_error(t, t.chosen, objective) for t in self.tensors)
 
 
-def _objective(t: PlannedTensor, option: Option, objective: str) -> float:
+def weighted_error(t: PlannedTensor, option: Option, objective: str) -> float:
+    """The objective's value of ``option`` on tensor ``t`` (anything with ``weight`` and
+    ``elements``; the option anything with ``stats``): its squared error, relative to the
+    tensor's mean square for ``relative``, times the tensor's importance."""
     error = option.stats.sum_sq_error
     if objective == "relative":
         signal = option.stats.sum_sq_signal
@@ -944,7 +947,7 @@ def _allocate(result: PlanResult, budget: Budget) -> None:
         allowed.append(ok)
     bits = [[t.options[k].bits for k in ok] for t, ok in zip(tensors, allowed)]
     errors = [
-        [_objective(t, t.options[k], budget.objective) for k in ok]
+        [weighted_error(t, t.options[k], budget.objective) for k in ok]
         for t, ok in zip(tensors, allowed)
     ]
     # every candidate on every tensor that has it: allocate never returns worse than these
