@@ -62,7 +62,7 @@ def test_report_types_per_tensor(model):
     table = ok("report", model, "--type", "Q4_0", "--type", "Q6_K", "--per-tensor")
     assert table.stderr == ""
     lines = [x for x in table.stdout.splitlines() if x.startswith("blk.0.ffn_down.weight")]
-    assert len(lines) == 2 and "Q6_K>Q8_0 fallback" in lines[1]
+    assert len(lines) == 2 and "Q6_K -> Q8_0 fallback" in lines[1]
 
 
 def test_report_types_with_and_without_search(model):

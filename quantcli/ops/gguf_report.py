@@ -191,7 +191,9 @@ def sweep_types(
                     stats, nbytes = ErrorStats.of(x, x), infos[t.name].nbytes
                 shown = None
                 if choice.type != config.name:
-                    shown = f"{config.name}>{choice.type}" + (" fallback" if choice.asked else "")
+                    shown = f"{config.name} -> {choice.type}"
+                    if choice.asked:
+                        shown += " fallback"
                 result.results.append(
                     GGMLRow(
                         config=replace(config, shown=shown),
