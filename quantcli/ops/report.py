@@ -284,23 +284,25 @@ class Row:
             out["applied_granularity"] = (self.applied or self.config).granularity
         else:
             out["tensors"] = self.tensors
-        out.update(
-            {
-                "elements": self.elements,
-                "mse": self.mse,
-                "rmse": self.rmse,
-                "max_abs_error": self.max_abs_error,
-                "sqnr_db": self.sqnr_db,
-                "cosine": self.cosine,
-                "clipped_fraction": self.clipped_fraction,
-                "mse_unclipped": self.mse_unclipped,
-                "bits_per_weight": self.bits_per_weight,
-                "bytes": self.bytes,
-                "bytes_in": self.bytes_in,
-                "ratio": self.ratio,
-            }
-        )
+        out.update(self.metric_fields())
         return out
+
+    def metric_fields(self) -> dict:
+        """The metric columns, as every report row has them."""
+        return {
+            "elements": self.elements,
+            "mse": self.mse,
+            "rmse": self.rmse,
+            "max_abs_error": self.max_abs_error,
+            "sqnr_db": self.sqnr_db,
+            "cosine": self.cosine,
+            "clipped_fraction": self.clipped_fraction,
+            "mse_unclipped": self.mse_unclipped,
+            "bits_per_weight": self.bits_per_weight,
+            "bytes": self.bytes,
+            "bytes_in": self.bytes_in,
+            "ratio": self.ratio,
+        }
 
 
 def sort_rows(rows: Iterable[Row], metric: str | None) -> list[Row]:

@@ -256,13 +256,18 @@ def _search_symmetric_legacy(x, out, half: int, encode, decode) -> None:
     codes = (q + F32(half)).astype(np.uint8)
     ours = np.empty_like(out)
     f16_bytes(d, ours[:, :2])
-    if half == 16:
-        legacy.pack_high_bits(codes, ours[:, 2:6])
-        np.bitwise_and(codes, 0x0F, out=codes)
-        legacy.pack_nibbles(codes, ours[:, 6:])
-    else:
-        legacy.pack_nibbles(codes, ours[:, 2:])
+    _pack_codes(codes, ours[:, 2:], five_bits=half == 16)
     _finish(x, ours, out, encode, decode)
+
+
+def _pack_codes(codes: np.ndarray, dst: np.ndarray, five_bits: bool) -> None:
+    """uint8 codes (n, 32) into a legacy block's bytes after its scales ``dst``: the fifth
+    bits (Q5_0, Q5_1) in 4 bytes first, then the low nibbles. ``codes`` is changed."""
+    if five_bits:
+        legacy.pack_high_bits(codes, dst[:, :4])
+        np.bitwise_and(codes, 0x0F, out=codes)
+        dst = dst[:, 4:]
+    legacy.pack_nibbles(codes, dst)
 
 
 def search_q4_0(x: np.ndarray, out: np.ndarray) -> None:
@@ -281,12 +286,7 @@ def _search_affine_legacy(x, out, nmax: int, encode, decode) -> None:
     ours = np.empty_like(out)
     f16_bytes(d, ours[:, :2])
     f16_bytes(m, ours[:, 2:4])
-    if nmax == 31:
-        legacy.pack_high_bits(codes, ours[:, 4:8])
-        np.bitwise_and(codes, 0x0F, out=codes)
-        legacy.pack_nibbles(codes, ours[:, 8:])
-    else:
-        legacy.pack_nibbles(codes, ours[:, 4:])
+    _pack_codes(codes, ours[:, 4:], five_bits=nmax == 31)
     _finish(x, ours, out, encode, decode)
 
 
