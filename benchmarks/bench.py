@@ -326,11 +326,13 @@ def bench_ggml(report: Report, quick: bool, repeat: int) -> None:
 
 
 def bench_search(report: Report, rows: int, repeat: int) -> None:
-    """The scale searches (quantcli.core.search) on a rows x 4096 N(0, 1) float32 array in
-    groups of 64, one thread, kernel only: weights per second, and the ratio to the kernel
-    floor on the same array. Targets: the default MSE search and the HQQ-style optimizer at
+    """The scale searches on a rows x 4096 N(0, 1) float32 array, one thread: ``quantize`` with
+    the search on, as compress runs it, and the search kernels (quantcli.core.search) alone,
+    in weights per second and as a ratio to the kernel floor on the same array. Targets: the
+    default search (``--search auto``: mse at 4 bits and below) and the HQQ-style optimizer at
     >= 15 M weights/s (llama.cpp's C Q4_K encoder, with its search: 15.5 M/s on the project
     machine; HQQ's own CPU code: 1.5 M/s)."""
+    from quantcli.core import QuantSpec, quantize
     from quantcli.core.search import (
         E2M1,
         NF4,
@@ -362,19 +364,51 @@ def bench_search(report: Report, rows: int, repeat: int) -> None:
     def zero_point(x):
         return affine_search(x, 4, "integer", weights="plain")
 
+    def searched(search="mse", **fields):
+        # what compress runs with the search on: calibration, the search, the check against
+        # round to nearest with the scheme's own encoder, the codes, packing
+        spec = QuantSpec(bits=4, granularity="group", search=search, **fields)
+        return lambda: quantize(w, spec, packed=True)
+
     cases = [
-        # what quantize's --search mse runs: plain weights; absmax / zeropoint 4-bit
-        ("search: quantize mse, absmax int4 g32", lambda: plain_mse(g32, int_grid(4)), 15),
-        ("search: quantize mse, absmax int4 g64", lambda: plain_mse(groups, int_grid(4)), 15),
-        ("search: quantize mse, zeropoint 4-bit g32", lambda: zero_point(g32), 15),
-        ("search: quantize mse, zeropoint 4-bit g64", lambda: zero_point(groups), 15),
-        ("search: quantize mse, nf4 g64", lambda: plain_mse(groups, NF4), 15),
+        # the default search (``--search auto``: mse at 4 bits and below) as quantize runs it
+        ("search: quantize mse, absmax int4 g32", searched(scheme="absmax", group_size=32), 15),
+        ("search: quantize mse, absmax int4 g128", searched(scheme="absmax"), 15),
+        (
+            "search: quantize mse, fullrange int4 g32 f16",
+            searched(scheme="fullrange", group_size=32, scale_dtype="float16"),
+            15,
+        ),
+        (
+            "search: quantize mse, zeropoint 4-bit g64",
+            searched(scheme="zeropoint", group_size=64),
+            15,
+        ),
+        (
+            "search: quantize mse, zeropoint 4-bit g32 k6",
+            searched(scheme="zeropoint", group_size=32, scale_dtype="k6"),
+            15,
+        ),
+        (
+            "search: quantize mse, nf4 g64 (not the default)",
+            searched(scheme="nf4", group_size=64),
+            0,
+        ),
+        # the search kernels alone
+        ("search: MSE int4 g32 (plain)", lambda: plain_mse(g32, int_grid(4)), 0),
+        ("search: affine 4-bit zero point g64 (plain)", lambda: zero_point(groups), 0),
+        ("search: MSE nf4 g64 (plain)", lambda: plain_mse(groups, NF4), 0),
         ("search: MSE int4 g64 (rms_abs weights)", lambda: mse_scales(groups, int_grid(4)), 0),
         ("search: MSE nf4 g64 (rms_abs weights)", lambda: mse_scales(groups, NF4), 0),
         ("search: MSE e2m1 g64", lambda: mse_scales(groups, E2M1), 0),
         ("search: affine 4-bit float offset g64", lambda: affine_search(groups, 4), 0),
         ("search: affine 4-bit zero point g64", lambda: affine_search(groups, 4, "integer"), 0),
-        ("search: HQQ 4-bit g64", lambda: hqq_params(groups, 4), 15),
+        (
+            "search: quantize hqq, zeropoint 4-bit g64",
+            searched(scheme="zeropoint", group_size=64, search="hqq"),
+            15,
+        ),
+        ("search: HQQ 4-bit g64", lambda: hqq_params(groups, 4), 0),
         ("search: HQQ 4-bit g64, |W| ~ 0.02", lambda: hqq_params(small, 4), 0),
     ]
     for name, run, target in cases:

@@ -348,7 +348,7 @@ def _searched(tiles, spec: QuantSpec, part: np.ndarray, p, name: str):
     """Parameters ``p`` of chunk ``part`` refined by ``spec.search`` (``search/refine.py``),
     group by group: each group's result depends on that group alone, so chunking and threads
     change nothing."""
-    from quantcli.core.search.refine import refine_affine, refine_symmetric
+    from quantcli.core.search.refine import CHECKED_BY_QUANTIZE, refine_affine, refine_symmetric
 
     scheme = spec.format
     dtype = SCALE_KINDS[spec.scale_dtype].dtype
@@ -382,7 +382,7 @@ def _searched(tiles, spec: QuantSpec, part: np.ndarray, p, name: str):
         scale[:, cols] = s.reshape(rows, k)
     shape = p.scale.shape
     scale, zp = scale.reshape(shape), None if zp is None else zp.reshape(shape)
-    if spec.search != "wmse":
+    if CHECKED_BY_QUANTIZE[spec.search]:
         # the plain squared error, checked as decompress will restore it (codes from the
         # float32 scale, decoded with the stored one): a group keeps round-to-nearest's
         # parameters unless the search's are strictly better there
@@ -405,10 +405,16 @@ def _group_sse(tiles, spec: QuantSpec, part: np.ndarray, scale, zero_point) -> n
     x_hat = scratch("check-x-hat", part.shape, np.float32)
     with np.errstate(over="ignore"):
         scheme.decode(codes, tiles.expand(kind.load(kind.store(scale)), part), zp, out=x_hat)
-    error = np.square(x_hat.astype(np.float64) - part)
-    if tiles.granularity == "group":
-        return np.add.reduceat(error, np.arange(0, part.shape[1], tiles.group_size), axis=1)
-    return error.sum(axis=(0, 2), keepdims=True)
+    # the difference of two float32 values is exact in float64; squared and summed per group
+    # in one einsum pass over each view of whole groups
+    diff = scratch("check-diff", part.shape, np.float64)
+    np.subtract(x_hat, part, out=diff, dtype=np.float64)
+    if tiles.granularity != "group":
+        return np.einsum("ijk,ijk->j", diff, diff)[None, :, None]
+    out = np.empty((part.shape[0], -(-part.shape[1] // tiles.group_size)), np.float64)
+    for view, cols in tiles.groups(diff):
+        out[:, cols] = np.einsum("ijk,ijk->ij", view, view)
+    return out
 
 
 def _float32(part: np.ndarray) -> np.ndarray:

@@ -103,6 +103,7 @@ def affine_search(
     candidates: int = 6,
     shifts: int = 4,
     refinements: int = 2,
+    never_worse: bool = True,
     name: str = "tensor",
 ) -> AffineParams:
     """Parameters of every group that lower E below round-to-nearest's.
@@ -112,7 +113,7 @@ def affine_search(
     rtn: the parameters to beat (default ``affine_rtn``). nonpositive_offset: keep the float
     offset <= 0. scale_dtype: the dtype scales and float offsets are stored in.
     candidates x shifts: the grid of inverse scales and code shifts tried; refinements: the
-    least-squares steps after it.
+    least-squares steps after it. never_worse: as ``symmetric.mse_scales``.
 
     Results do not depend on how many groups are passed at once.
     """
@@ -147,6 +148,7 @@ def affine_search(
             scale_dtype,
             grid,
             refinements,
+            never_worse,
             name,
         )
         result.scale[part] = found.scale[:g]
@@ -241,8 +243,9 @@ def rtn_params(lo, hi, bits, offset, nonpositive_offset, scale_dtype) -> AffineP
 
 
 def _search_chunk(
-    part, nmax, offset, weights, index, rtn, nonpositive, scale_dtype, grid, steps, name
-) -> AffineParams:
+    part, nmax, offset, weights, index, rtn, nonpositive, scale_dtype, grid, steps, never_worse,
+    name,
+) -> AffineParams:  # fmt: skip
     xt = transposed(part)
     g = xt.shape[1]
     hi, lo = column_max(xt), column_min(xt)
@@ -284,6 +287,8 @@ def _search_chunk(
             scale = round_to((s_n * unit).astype(np.float32), scale_dtype)
         usable = live & np.isfinite(scale) & (scale > 0)
         candidate = AffineParams(np.where(usable, scale, 1).astype(np.float32), zero_point=zp)
+    if not never_worse:
+        return candidate.select(usable, base)
     t, e64 = buffer("t", xt.shape), buffer("e64", xt.shape, np.float64)
     w = float64_copy(w)  # once, for both errors
     e_base = chunk_error(xt, base, nmax, w, t, e64)
@@ -424,12 +429,13 @@ def _search_integer(y, w, nmax, grid, steps, bounds):
     t = buffer("t", y.shape)
     wk = None if w is None else buffer("wq", y.shape)
     sums = buffer("sums", (2, len(grid), g))
-    zs = np.empty((len(grid), g))
 
     rounded = buffer("rounded", y.shape)
-    # the candidates' codes are small integers: clipped in int8 (int16 at 8 bits), 2-3x
-    # faster than in float32
-    small = np.int8 if nmax <= 127 else np.int16
+    iscales = grid[:, 0] * nmax / 2
+    # the candidates' codes are small integers, clipped in int8 (int16 at 7 and 8 bits), 2-3x
+    # faster than in float32: |y| <= 2 (x over half its range, which includes 0), so
+    # |rint(y * iscale)| <= 2 iscale + 1, which the small dtype holds exactly
+    small = np.int8 if 2 * iscales.max() + 1 <= 127 else np.int16
     rounded_int = buffer("rounded-int", y.shape, small)
     codes_int = buffer("codes-int", y.shape, small)
 
@@ -441,17 +447,14 @@ def _search_integer(y, w, nmax, grid, steps, bounds):
         np.clip(t, 0, nmax, out=t)
         np.subtract(t, zf, out=t)
 
-    for k, (mult, shift) in enumerate(grid):
-        iscale = mult * nmax / 2
-        zs[k] = np.clip(np.rint(nmax / 2 + shift - centre * iscale), 0, nmax)
+    zs = np.clip(np.rint(nmax / 2 + grid[:, 1:] - centre * iscales[:, None]), 0, nmax)
+    z_ints = zs.astype(small)
+    for k, (mult, _) in enumerate(grid):
         if k == 0 or mult != grid[k - 1][0]:  # the shifts of one multiplier share the rounding
-            np.multiply(y, np.float32(iscale), out=rounded)
+            np.multiply(y, np.float32(iscales[k]), out=rounded)
             np.rint(rounded, out=rounded)
-            # clip(r + z, 0, nmax) - z = clip(r, -z, nmax - z): within [-nmax, nmax] whatever
-            # z, so clipping r to it first changes no code and keeps it a small integer
-            np.clip(rounded, -nmax, nmax, out=rounded)
             np.copyto(rounded_int, rounded, casting="unsafe")
-        z_int = zs[k].astype(small)
+        z_int = z_ints[k]
         np.maximum(rounded_int, -z_int, out=codes_int)
         np.minimum(codes_int, nmax - z_int, out=codes_int)
         np.copyto(t, codes_int)

@@ -27,6 +27,10 @@ from quantcli.core.search.symmetric import mse_scales
 
 SEARCHES = ("none", "mse", "wmse", "hqq")
 WEIGHTS = {"mse": "plain", "wmse": "rms_abs", "hqq": "plain"}
+# the searches whose result ``quantize`` compares with round-to-nearest's itself, group by
+# group, on the plain squared error as the scheme's own encoder and decoder give it: those
+# on the plain error (wmse's objective is another; its search keeps the comparison)
+CHECKED_BY_QUANTIZE = {"mse": True, "wmse": False, "hqq": True}
 
 # scheme -> (the grid of its levels for a bit width, whether the scale may be negative)
 GRIDS: dict[str, Callable[[int], tuple[Grid, bool]]] = {
@@ -53,7 +57,7 @@ def refine_symmetric(x, search: str, scheme: str, bits: int, rtn, scale_dtype, n
     grid, mirror = GRIDS[scheme](bits)
     return mse_scales(
         x, grid, weights=WEIGHTS[search], rtn=rtn, scale_dtype=scale_dtype, mirror=mirror,
-        name=name,
+        never_worse=not CHECKED_BY_QUANTIZE[search], name=name,
     )  # fmt: skip
 
 
@@ -61,7 +65,13 @@ def refine_affine(x, search: str, bits: int, scale, zero_point, scale_dtype, nam
     """(scale float32 (G,), zero point uint8 (G,)) searched for groups x (G, n) of the
     zeropoint scheme, starting from its round-to-nearest ``scale`` and ``zero_point``."""
     rtn = AffineParams(scale=scale, zero_point=zero_point)
-    run = hqq_params if search == "hqq" else affine_search
     weights = WEIGHTS[search]
-    p = run(x, bits, "integer", weights=weights, rtn=rtn, scale_dtype=scale_dtype, name=name)
+    if search == "hqq":
+        p = hqq_params(x, bits, "integer", weights=weights, rtn=rtn, scale_dtype=scale_dtype,
+                       name=name)  # fmt: skip
+    else:
+        p = affine_search(
+            x, bits, "integer", weights=weights, rtn=rtn, scale_dtype=scale_dtype,
+            never_worse=not CHECKED_BY_QUANTIZE[search], name=name,
+        )  # fmt: skip
     return p.scale, p.zero_point

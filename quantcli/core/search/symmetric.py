@@ -64,6 +64,7 @@ def mse_scales(
     mirror: bool = False,
     candidates: int = 10,
     refinements: int = 1,
+    never_worse: bool = True,
     name: str = "tensor",
 ) -> np.ndarray:
     """Scales of every group that lower E below round-to-nearest's: float32 (G,).
@@ -78,6 +79,10 @@ def mse_scales(
     mirror: allow a negative scale as ``symmetric_rtn_scales`` does.
     candidates: how many inverse scales to try, spread over a range that narrows as the grid
     has more levels; refinements: how many least-squares steps follow.
+    never_worse: compare each group's result with round-to-nearest's and keep the better
+    (False: for a caller that makes that comparison itself, as ``quantize`` does with the
+    scheme's own encoder; the search's result may then be worse where it is not strictly
+    better).
 
     Results do not depend on how many groups are passed at once.
     """
@@ -107,6 +112,7 @@ def mse_scales(
             mirror,
             multipliers,
             refinements,
+            never_worse,
             name,
         )[:g]
     return out
@@ -167,7 +173,9 @@ def _rtn_scales(lo, hi, grid: Grid, mirror: bool, scale_dtype) -> np.ndarray:
     return np.where(bad, np.float32(1), scale).astype(np.float32)
 
 
-def _search_chunk(part, grid, weights, index, rtn, scale_dtype, mirror, multipliers, steps, name):
+def _search_chunk(
+    part, grid, weights, index, rtn, scale_dtype, mirror, multipliers, steps, never_worse, name
+):
     """The search on one chunk of groups (float32 (g, n)): float32 (g or 2,) scales."""
     xt = transposed(part)  # (n, g)
     n, g = xt.shape
@@ -215,12 +223,7 @@ def _search_chunk(part, grid, weights, index, rtn, scale_dtype, mirror, multipli
     found = round_to(found, scale_dtype)
     usable = live & np.isfinite(found) & (found != 0)
     found = np.where(usable, found, rtn_full)
-    e64 = buffer("e64", xt.shape, np.float64)
-    # w was computed on y = x * sign / amax: one positive factor per group, the same for both
-    chosen = rtn_full
-    w = float64_copy(w)  # once, for every error below
-    e_chosen = _error(xt, rtn_full, grid, w, t, work, e64)
-    options = [found]
+    options = [rtn_full, found] if never_worse else [found]
     if -grid.lowest != grid.highest:
         # a grid whose ends differ (full-range int): round-to-nearest puts only one end on a
         # group's extreme value; the scales that put the minimum on the lowest level and
@@ -231,7 +234,13 @@ def _search_chunk(part, grid, weights, index, rtn, scale_dtype, mirror, multipli
                 anchor = round_to((value / np.float32(end)).astype(np.float32), scale_dtype)
                 ok = live & np.isfinite(anchor) & (anchor != 0) & (value * end > 0)
                 options.append(np.where(ok, anchor, rtn_full))
-    for option in options:
+    if len(options) == 1:
+        return found
+    e64 = buffer("e64", xt.shape, np.float64)
+    # w was computed on y = x * sign / amax: one positive factor per group, the same for all
+    w = float64_copy(w)  # once, for every error below
+    chosen, e_chosen = options[0], _error(xt, options[0], grid, w, t, work, e64)
+    for option in options[1:]:
         e_option = _error(xt, option, grid, w, t, work, e64)
         better = e_option < e_chosen
         chosen = np.where(better, option, chosen)
