@@ -131,7 +131,8 @@ class Selector:
         check_patterns(names, self.include, self.exclude, label)
 
     def spec_for(self, shape: tuple[int, ...]) -> QuantSpec:
-        """The spec for a tensor of ``shape``: per-channel falls back to per-tensor for 0-d/1-D."""
+        """The spec for a tensor of ``shape``: per-channel falls back to per-tensor for 0-d/1-D
+        (without a search: one scale per tensor is its range's)."""
         if self.spec.granularity == "channel" and len(shape) < 2:
-            return replace(self.spec, granularity="tensor", axis=0)
+            return replace(self.spec, granularity="tensor", axis=0, search="none")
         return self.spec

@@ -301,8 +301,10 @@ def test_asymmetric_bf16_scales_follow_the_model_and_zero_points_pack_along_rows
         "config_groups"
     ].values()
     assert group["weights"]["symmetric"] is False
-    # restored values: quant's own zeropoint dequantization of the same weights
-    spec = QuantSpec("zeropoint", 4, "group", group_size=32, scale_dtype="bfloat16")
+    # restored values: quant's own zeropoint dequantization of the same weights, with the
+    # command line's default search
+    spec = QuantSpec("zeropoint", 4, "group", group_size=32, scale_dtype="bfloat16", search="auto")
+    assert spec.search == "mse"
     expected = quantize(tensors[q], spec, q).dequantize(ml_dtypes.bfloat16)
     restored = tmp_path / "restored"
     ok("decompress", out, "-o", restored)

@@ -253,6 +253,7 @@ def test_every_format_round_trips_through_decompress_inspect_and_report(source, 
         int(spec_args["--bits"]) if "--bits" in spec_args else None,
         spec_args.get("--granularity"),
         group_size=int(spec_args.get("--group-size", 0)) or None,
+        search="auto",  # the command line's default
     )
     spec = ct.export_spec(spec, np.dtype(BF16), UP, (128, 64))
     stored = read_tensors(out / "model.safetensors")

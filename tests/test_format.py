@@ -230,6 +230,16 @@ def expected_spec(args: list[str], ndim: int) -> dict:
         spec[key] = type(DEFAULTS[key])(value)
     if spec["granularity"] == "channel":
         spec["axis"] %= ndim  # stored non-negative
+    # the default search (--search auto): mse at 4 bits and below, per group or channel 0
+    searched = (
+        spec["bits"] <= 4
+        and spec["calibration"] == "minmax"
+        and (
+            spec["granularity"] == "group"
+            or (spec["granularity"] == "channel" and not spec["axis"])
+        )
+    )
+    spec["search"] = "mse" if searched else "none"
     return spec
 
 
@@ -276,9 +286,11 @@ def test_layout_metadata_and_restoring(tmp_path, original, case):
         entry = entries[name]
         x = tensors[name]
         shape = x.shape
-        assert set(entry) == ENTRY_KEYS | {"fingerprint"}  # the source's, tests/test_report_against
         spec = expected_spec(args, x.ndim)
-        assert {k: entry[k] for k in DEFAULTS} == spec
+        searched = {"search"} if spec["search"] != "none" else set()
+        # fingerprint: the source's, tests/test_report_against
+        assert set(entry) == ENTRY_KEYS | {"fingerprint"} | searched
+        assert {k: entry[k] for k in DEFAULTS} | {"search": entry.get("search", "none")} == spec
         assert entry["shape"] == list(shape) and entry["dtype"] == "F32"
         bits, signed = spec["bits"], spec["scheme"] == "absmax"
 
@@ -605,6 +617,8 @@ def test_files_in_the_earlier_unaligned_layout_still_restore(tmp_path):
     assert any((base + e["data_offsets"][0]) % 4 for n, e in header.items() if n.endswith("scale"))
     new = tmp_path / "new.safetensors"
     opts = ["--scheme", "zeropoint", "--bits", "3", "--granularity", "group", "--group-size", "32"]
+    # round to nearest, as quant 0.1.0 had no search
+    opts += ["--search", "none"]
     ok("compress", DATA / "legacy_unaligned_input.safetensors", "-o", new, *opts, "-q")
     assert_aligned(new)
     ok("decompress", old, "-o", tmp_path / "old_restored.safetensors", "-q")

@@ -4,6 +4,8 @@ scales and zero points change); reference figures on seeded Gaussian weights."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -110,6 +112,68 @@ def test_channel_search_needs_the_first_axis():
     quantize(x, QuantSpec("absmax", 4, "channel", search="mse"))  # axis 0 works
     with pytest.raises(SpecError, match="use --axis 0"):
         quantize(x, QuantSpec("absmax", 4, "channel", axis=1, search="mse"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, search",
+    [
+        (dict(scheme="absmax", bits=4, granularity="group"), "mse"),
+        (dict(scheme="absmax", bits=2, granularity="channel"), "mse"),
+        (dict(scheme="fullrange", bits=3, granularity="group", scale_dtype="float16"), "mse"),
+        (dict(scheme="zeropoint", bits=4, granularity="group", group_size=64), "mse"),
+        (dict(scheme="absmax", bits=5, granularity="group"), "none"),  # above 4 bits
+        (dict(scheme="absmax", bits=8), "none"),
+        (dict(scheme="absmax", bits=4, granularity="tensor"), "none"),
+        (dict(scheme="absmax", bits=4, granularity="channel", axis=1), "none"),
+        (dict(scheme="absmax", bits=4, granularity="channel", axis=-1), "none"),
+        (dict(scheme="zeropoint", bits=4, granularity="group", calibration="percentile"), "none"),
+        (dict(scheme="zeropoint", bits=4, granularity="group", scale_dtype="k6"), "none"),
+        (dict(scheme="fullrange-ct", bits=4, granularity="group"), "none"),  # the library's own
+        (dict(scheme="zeropoint-ct", bits=4, granularity="group"), "none"),
+        (dict(scheme="nf4"), "none"),  # below the speed target
+        (dict(scheme="mxfp4"), "none"),
+        (dict(scheme="fp8"), "none"),
+    ],
+)
+def test_auto_is_mse_at_4_bits_and_below_where_the_search_keeps_up(kwargs, search):
+    spec = QuantSpec(search="auto", **kwargs)
+    assert spec.search == search
+    # the same spec as asking for that search by name: same results, same file entry
+    assert spec == QuantSpec(search=search, **kwargs)
+    x = weights((16, 256))
+    np.testing.assert_array_equal(
+        quantize(x, spec).dequantize(), quantize(x, QuantSpec(search=search, **kwargs)).dequantize()
+    )
+
+
+def test_auto_is_the_command_line_default(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    from typer.testing import CliRunner
+
+    from quantcli.cli import app
+
+    x = weights((48, 256), seed=4)
+    save_file({"w": x}, str(tmp_path / "w.safetensors"))
+    runner = CliRunner()
+    files = {}
+    for name, extra in (
+        ("default", []),
+        ("none", ["--search", "none"]),
+        ("mse", ["--search", "mse"]),
+    ):
+        out = tmp_path / f"{name}.safetensors"
+        args = ["compress", str(tmp_path / "w.safetensors"), "-o", str(out), "--bits", "4",
+                "--group-size", "32", "--json", *extra]  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.stderr
+        files[name] = json.loads(result.stdout)
+        with safe_open(str(out), "numpy") as f:
+            files[name]["scale"] = f.get_tensor("w.scale")
+    assert files["default"]["scale"].tobytes() == files["mse"]["scale"].tobytes()
+    assert files["default"]["scale"].tobytes() != files["none"]["scale"].tobytes()
+    (row,) = files["default"]["tensors"]
+    assert row["spec"]["search"] == "mse"
 
 
 def rel_mse(x, spec) -> float:

@@ -503,13 +503,13 @@ def test_report_sweeps_two_level_scales(tmp_path):
     rows = {c["label"]: c for c in json.loads(result.stdout)["summary"]}
     assert set(rows) == {
         "zp u4 g32 k6x8", "zp u4 g32 k6x16", "zp u4 g32 k4x8", "zp u4 g32 k4x16",
-        "zp u4 g32 f16",
+        "zp u4 g32 mse f16",  # the default search: mse for one-level scales, none for two
     }  # fmt: skip
     assert rows["zp u4 g32 k6x8"]["bits_per_weight"] == 4.5
     assert rows["zp u4 g32 k6x16"]["bits_per_weight"] == 4 + 12 / 32 + 32 / 512
     assert rows["zp u4 g32 k4x8"]["bits_per_weight"] == 4.375
     assert rows["zp u4 g32 k6x16"]["super_block"] == 16
-    assert rows["zp u4 g32 f16"]["super_block"] is None
+    assert rows["zp u4 g32 mse f16"]["super_block"] is None
 
 
 # -- the figures of docs/SEARCH.md -------------------------------------------------------------

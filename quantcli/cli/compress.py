@@ -153,11 +153,12 @@ def compress(
             help="How each group's scale is chosen: none (round to nearest from the range), "
             "mse (a search for the scale, and zero point, with the least squared error), "
             "wmse (the same, weighted by magnitude, as llama.cpp's K-quants) or hqq (HQQ's "
-            "zero-point optimizer; zeropoint only). See docs/SEARCH.md. With --type: none "
-            "(llama.cpp's reference encoder) or mse (the same ggml types with less squared "
-            "error; docs/GGUF.md).",
+            "zero-point optimizer; zeropoint only). auto: mse at 4 bits and below for "
+            "absmax, fullrange and zeropoint per group or channel, none elsewhere. See "
+            "docs/SEARCH.md. With --type: none (llama.cpp's reference encoder; auto means "
+            "none) or mse (the same ggml types with less squared error; docs/GGUF.md).",
         ),
-    ] = Search.none,
+    ] = Search.auto,
     ggml_type: Annotated[
         str | None,
         typer.Option(

@@ -24,10 +24,6 @@ _SPEC_OPTIONS = {
     "min_elements": "--min-elements",
     "nonfinite": "--nonfinite",
 }
-# --search values a GGUF output takes: llama.cpp's reference bytes, or least-squares blocks
-GGUF_SEARCHES = ("none", "mse")
-
-
 # mixed-spec options that GGUF outputs do not take
 _PLAN_ONLY = {"min_sqnr": "--min-sqnr", "plan": "--plan", "plan_out": "--plan-out"}
 
@@ -80,6 +76,8 @@ def compress_to_gguf(
             "PATTERN=TYPE and the budgets --target-bpw and --max-size, not plan files or "
             f"--min-sqnr; drop {not_here[0]}"
         )
+    from quantcli.ops.gguf_compress import GGUF_SEARCHES, ggml_search
+
     if search not in GGUF_SEARCHES:
         raise UsageError(
             f"--search {search} with a GGUF output in quant compress: ggml types take "
@@ -87,6 +85,7 @@ def compress_to_gguf(
             "or --search mse (blocks with the least squared error, never worse than the "
             "reference's); use one of them"
         )
+    search = ggml_search(search)
     if ggml_type is None:
         raise UsageError(
             f"no --type for the GGUF output {output} in quant compress: name a llama-quantize "

@@ -10,7 +10,8 @@ from quantcli.cli.options import Input, Json
 def inspect(input: Input, json: Json = False) -> None:
     """List the tensors of a weight file (name, dtype, shape, size) and its metadata.
 
-    For a quantized file, each tensor also shows its scheme, bits, granularity and scale dtype;
+    For a quantized file, each tensor also shows its scheme, bits, granularity and scale dtype
+    (and its search, when one chose its scales);
     for a GGUF file, its ggml type (F16, Q4_K, ...) and bits per weight.
 
     Example: quant inspect model.absmax-int8.safetensors --json

@@ -39,6 +39,7 @@ class Calibration(str, Enum):
 
 
 class Search(str, Enum):
+    auto = "auto"
     none = "none"
     mse = "mse"
     wmse = "wmse"

@@ -146,10 +146,11 @@ def report(
         typer.Option(
             "--search",
             case_sensitive=False,
-            help="Scale search (repeatable): none, mse, wmse or hqq, compared side by side. "
-            "A configuration a search does not fit is measured without it. With --type: "
-            "none (llama.cpp's reference encoder) and mse (less squared error, same "
-            "types). Default: none.",
+            help="Scale search (repeatable): auto, none, mse, wmse or hqq, compared side by "
+            "side. A configuration a search does not fit is measured without it. Default: "
+            "auto, as compress (mse at 4 bits and below for absmax, fullrange and zeropoint "
+            "per group or channel, none elsewhere). With --type: none (llama.cpp's "
+            "reference encoder; auto means none) and mse (less squared error, same types).",
             show_default=False,
         ),
     ] = None,
@@ -337,7 +338,11 @@ def _refuse_conflicts(
             for name, value in sweep_options.items()
             if value not in (None, []) and not (ggml_type and name in ("--search", "--rule"))
         ]
-        bad = [s.value for s in sweep_options["--search"] or [] if s.value not in ("none", "mse")]
+        bad = [
+            s.value
+            for s in sweep_options["--search"] or []
+            if s.value not in ("auto", "none", "mse")
+        ]
         if ggml_type and bad:
             raise UsageError(
                 f"--search {bad[0]} with --type in quant report: ggml types take --search "

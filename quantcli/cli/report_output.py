@@ -197,8 +197,8 @@ def render_table(result, rows, per_tensor: bool, metric, top, console: Console) 
     notes = [legend + "."]
     if any(r.clipped_fraction is None for r in rows):
         notes.append(
-            "clip -: a percentile-calibrated file does not record its clipping ranges, so "
-            "what was clipped is unknown."
+            "clip -: a percentile-calibrated or searched file does not record its clipping "
+            "ranges, so what was clipped is unknown."
         )
     if result.against and not result.fingerprinted:
         notes.append(

@@ -252,16 +252,23 @@ QUANTIZED_COLUMNS = [
 ]
 
 
+# shown when a tensor's scales were searched (--search): "none" elsewhere
+SEARCH_COLUMN = Column("search", drop=7)
+
+
 def inspect_table(result: InspectResult) -> None:
     kind = "quantized " if result.quantized else ""
     columns = INSPECT_COLUMNS + (QUANTIZED_COLUMNS if result.quantized else [])
+    searched = any(t.spec is not None and t.spec.search != "none" for t in result.tensors)
+    if searched:
+        columns = columns + [SEARCH_COLUMN]
     rows = []
     for t in result.tensors:
         row = [t.name, dtype_name(t.dtype), fmt_shape(t.shape), human_bytes(t.bytes)]
         if result.quantized:
             s = t.spec
             if s is None:
-                row += ["kept", "", "", ""]
+                row += ["kept", "", "", ""] + ([""] if searched else [])
             else:
                 gran = {"channel": f"channel({s.axis})", "group": f"group({s.group_size})"}
                 if s.block_size is not None:
@@ -271,7 +278,7 @@ def inspect_table(result: InspectResult) -> None:
                     str(s.bits),
                     gran.get(s.granularity, s.granularity),
                     f"{s.scale_dtype}x{s.super_block}" if s.two_level else s.scale_dtype,
-                ]
+                ] + ([s.search] if searched else [])
         rows.append(row)
     n = len(result.tensors)
     footer = [[f"{n} tensor{'s' if n != 1 else ''}", "", "", human_bytes(result.total_bytes)]]

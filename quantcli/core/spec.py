@@ -77,7 +77,8 @@ class QuantSpec:
     search: ``none`` (round to nearest), ``mse`` (a scale search on the format's grid, and
     for zeropoint a joint scale and zero-point search, minimizing the squared error),
     ``wmse`` (the same, magnitude-weighted) or ``hqq`` (HQQ's zero-point optimizer, zeropoint
-    only); see ``search/refine.py``.
+    only); see ``search/refine.py``. ``auto`` becomes ``mse`` or ``none`` as
+    ``refine.auto_search`` decides for the other fields (the command line's default).
 
     ``bits``, ``granularity``, ``group_size`` and ``scale_dtype`` left as None take the
     scheme's defaults (8 bits, per channel, groups of 128, float32 scales for the integer
@@ -182,8 +183,14 @@ class QuantSpec:
                 f"scales as {' or '.join(info.scale_dtypes)}; use --scale-dtype "
                 f"{info.default_scale_dtype}"
             )
-        from quantcli.core.search.refine import SEARCHES, searches_for
+        from quantcli.core.search.refine import AUTO, SEARCHES, auto_search, searches_for
 
+        if self.search == AUTO:
+            two_level = SCALE_KINDS[self.scale_dtype].two_level
+            found = auto_search(
+                scheme, self.bits, self.granularity, self.axis, self.calibration, two_level
+            )
+            object.__setattr__(self, "search", found)
         if self.search not in SEARCHES:
             raise SpecError(
                 f"unknown search {self.search!r} in quantization spec: "

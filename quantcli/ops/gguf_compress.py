@@ -142,6 +142,18 @@ class GGUFCompressResult:
         return total
 
 
+# --search values GGUF outputs take: llama.cpp's reference bytes ("none"), least-squares
+# blocks ("mse"), or the command line's default "auto", which is "none" here: the ggml
+# searches run at 1-8 M weights/s, below the 15 M/s the default search must keep up
+# (docs/SEARCH.md), and "none" is what llama-quantize writes
+GGUF_SEARCHES = ("auto", "none", "mse")
+
+
+def ggml_search(search: str) -> str:
+    """The search ggml types are encoded with when ``--search search`` is given."""
+    return "none" if search == "auto" else search
+
+
 def search_for(type_name: str, search: str) -> str:
     """The search ``type_name`` is encoded with when ``search`` is asked: "none" for a
     float type or a block type without that search."""

@@ -29,6 +29,7 @@ from quantcli.io.source import TensorSource
 from quantcli.ops.gguf_compress import (
     encode_tensor,
     excluded,
+    ggml_search,
     model_facts,
     tensor_facts,
 )
@@ -128,7 +129,7 @@ def sweep_types(
         seen.setdefault(mix.name + (" pure" if mix.pure and mix.name != mix.default else ""), mix)
     if not seen:
         raise UsageError("no --type in quant report: give at least one ggml type or mix")
-    searches = list(dict.fromkeys(searches)) or ["none"]
+    searches = list(dict.fromkeys(ggml_search(s) for s in searches)) or ["none"]
     configs = [
         GGMLConfig(label, mix.pure, search=search)
         for label, mix in seen.items()

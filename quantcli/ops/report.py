@@ -30,7 +30,7 @@ from quantcli.core.metrics import ErrorStats
 from quantcli.core.quantizer import quantize
 from quantcli.core.scales import SCALE_KINDS
 from quantcli.core.schemes import SCHEMES
-from quantcli.core.search.refine import searches_for
+from quantcli.core.search.refine import AUTO, searches_for
 from quantcli.core.spec import SCHEME_ALIASES, TWO_LEVEL_SEARCHES, QuantSpec
 from quantcli.errors import InputError, QualityGateError, UsageError
 from quantcli.io.detect import open_input
@@ -97,9 +97,10 @@ def configs_from_options(
     """The cartesian product of the options, each empty option taking the default sweep's values.
 
     The default sweep: absmax and zeropoint x 8 and 4 bits x per channel and per group of 128,
-    min-max calibration, float32 scales. A field that does not apply to a configuration
-    (group size off group granularity, percentile off percentile calibration, axis off channel
-    granularity) is left at its default, so equal configurations appear once. Raises
+    min-max calibration, float32 scales, the default search (``auto``: mse at 4 bits). A
+    field that does not apply to a configuration (group size off group granularity,
+    percentile off percentile calibration, axis off channel granularity) is left at its
+    default, so equal configurations appear once. Raises
     UsageError for an option that no configuration uses (e.g. --percentile without
     --calibration percentile), so nothing is silently ignored.
     """
@@ -108,7 +109,7 @@ def configs_from_options(
     granularities = list(granularities) or list(DEFAULT_GRANULARITIES)
     calibrations = list(calibrations) or list(DEFAULT_CALIBRATIONS)
     scale_dtypes = list(scale_dtypes) or list(DEFAULT_SCALE_DTYPES)
-    searches = list(searches) or ["none"]
+    searches = list(searches) or [AUTO]
     if group_sizes and "group" not in granularities:
         raise UsageError(
             f"--group-size {group_sizes[0]} without --granularity group in quant report: "
@@ -148,10 +149,12 @@ def configs_from_options(
         two_level = SCALE_KINDS[sdtype].two_level
         if two_level and (gran != "group" or calib != "minmax"):
             sdtype, two_level = info.default_scale_dtype, False  # two-level scales are per group
-        if two_level and search not in TWO_LEVEL_SEARCHES:
+        if search == AUTO:
+            pass  # each configuration's own (QuantSpec)
+        elif two_level and search not in TWO_LEVEL_SEARCHES:
             search = "none"
         # a search a format does not take, or per tensor, is left out of that configuration
-        if search not in searches_for(info.name) or gran == "tensor":
+        elif search not in searches_for(info.name) or gran == "tensor":
             search = "none"
         if gran == "block" and calib != "minmax":
             continue  # block scales are each block's amax / max
@@ -518,8 +521,9 @@ def against(
     be meaningless.
 
     Clipping: a min-max calibrated range holds every value of its group, so nothing is
-    clipped. A percentile-calibrated file does not record its clipping range (the stored scale
-    is not enough to recover it), so clipped_fraction and mse_unclipped are None there.
+    clipped. A percentile-calibrated or searched file does not record its clipping range
+    (``report`` itself knows it while it quantizes), so clipped_fraction and mse_unclipped are
+    None there.
     """
     with open_input(quantized) as qsource, open_input(input) as source:
         if isinstance(qsource, GGUFReader):  # a quantized GGUF: decoded with ggml codecs
@@ -550,7 +554,8 @@ def against(
             x = source.read(entry.name)
             arrays = {name: qsource.read(name) for name, _, _ in entry.stored()}
             x_hat = checkpoint.restore(entry, arrays, qsource.label, dtype=np.float32)
-            known = entry.spec.calibration == "minmax"  # a min-max range clips nothing
+            # a min-max range clips nothing; a searched range is not recorded
+            known = entry.spec.calibration == "minmax" and entry.spec.search == "none"
             stored = sum(int(a.nbytes) for a in arrays.values())
             result.results.append(
                 Row(
@@ -679,7 +684,7 @@ def _file_configs(entries: list[QuantizedEntry]) -> dict[str, QuantSpec]:
             for other in sorted(specs, key=lambda s: s.axis):
                 if (
                     other.granularity == "channel"
-                    and replace(other, granularity="tensor", axis=spec.axis) == spec
+                    and replace(other, granularity="tensor", axis=spec.axis, search="none") == spec
                 ):
                     spec = other
                     break

@@ -26,6 +26,15 @@ from quantcli.core.search.hqq import hqq_params
 from quantcli.core.search.symmetric import mse_scales
 
 SEARCHES = ("none", "mse", "wmse", "hqq")
+# "auto", the default, picks one of them per spec: ``auto_search``
+AUTO = "auto"
+# where the default turns the search on: at 4 bits and below, where round to nearest loses
+# the most, for the schemes whose searched ``quantize`` runs at >= 15 M weights/s on one
+# thread (docs/SEARCH.md, "Speed"). Not the -ct schemes (compressed-tensors' own observers,
+# byte for byte), nor nf4 (bitsandbytes' rule; its search runs at about 11 M/s), nor
+# two-level scales (about 6 M/s): ``--search mse`` turns it on for those.
+AUTO_SCHEMES = ("absmax", "fullrange", "zeropoint")
+AUTO_MAX_BITS = 4
 WEIGHTS = {"mse": "plain", "wmse": "rms_abs", "hqq": "plain"}
 # the searches whose result ``quantize`` compares with round-to-nearest's itself, group by
 # group, on the plain squared error as the scheme's own encoder and decoder give it: those
@@ -40,6 +49,19 @@ GRIDS: dict[str, Callable[[int], tuple[Grid, bool]]] = {
     "nf4": lambda bits: (NF4, False),
 }
 AFFINE = ("zeropoint",)
+
+
+def auto_search(scheme: str, bits: int, granularity: str, axis: int, calibration: str,
+                two_level: bool) -> str:  # fmt: skip
+    """The search ``auto`` means for a spec with these fields: "mse" or "none"."""
+    on = (
+        scheme in AUTO_SCHEMES
+        and bits <= AUTO_MAX_BITS
+        and (granularity == "group" or (granularity == "channel" and axis == 0))
+        and calibration == "minmax"
+        and not two_level
+    )
+    return "mse" if on else "none"
 
 
 def searches_for(scheme: str) -> tuple[str, ...]:
