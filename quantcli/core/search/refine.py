@@ -88,12 +88,9 @@ def refine_affine(x, search: str, bits: int, scale, zero_point, scale_dtype, nam
     zeropoint scheme, starting from its round-to-nearest ``scale`` and ``zero_point``."""
     rtn = AffineParams(scale=scale, zero_point=zero_point)
     weights = WEIGHTS[search]
-    if search == "hqq":
-        p = hqq_params(x, bits, "integer", weights=weights, rtn=rtn, scale_dtype=scale_dtype,
-                       name=name)  # fmt: skip
-    else:
-        p = affine_search(
-            x, bits, "integer", weights=weights, rtn=rtn, scale_dtype=scale_dtype,
-            never_worse=not CHECKED_BY_QUANTIZE[search], name=name,
-        )  # fmt: skip
+    run = hqq_params if search == "hqq" else affine_search
+    p = run(
+        x, bits, "integer", weights=weights, rtn=rtn, scale_dtype=scale_dtype,
+        never_worse=not CHECKED_BY_QUANTIZE[search], name=name,
+    )  # fmt: skip
     return p.scale, p.zero_point
