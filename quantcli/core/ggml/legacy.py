@@ -102,24 +102,24 @@ def pack_quads(codes: np.ndarray, out: np.ndarray) -> None:
     store_quads(codes[:4], out)
 
 
+# bits 28..31 of (four 0/16 bytes) * FIFTH_GATHER are bit 4 of bytes 0..3 (little-endian,
+# byte k at bit 8k): the 16 partial products land on distinct bits, so nothing carries
+FIFTH_GATHER = np.uint32(0x01020408)
+# row j of the fifth bits' words, elements 4j..4j+3: its nibble goes to bits 4j..4j+3
+FIFTH_PLACE = (np.uint32(1) << np.arange(0, 32, 4, dtype=np.uint32))[:, None]
+
+
 def _fifth_bits(codes: np.ndarray, out: np.ndarray) -> None:
     """Bit 4 of each of the 32 codes (< 32) of a block, element-major uint8 (8, 4n), as the
     little-endian uint32 ``qh`` (bit j from element j) into uint8 (n, 4) ``out``; then the
     codes keep their low four bits."""
     n = codes.shape[1] // 4
-    words = legacy_buffer("fifth-bits", (8, n), np.uint32)
-    # four codes a word, one per byte: bit 4 of each byte down to bit 0 of it
-    np.right_shift(codes.view("<u4"), 4, out=words)
-    np.bitwise_and(words, 0x01010101, out=words)
-    # the four 0/1 bytes (little-endian: byte k at bit 8k) into bits 21..24: no two of the
-    # 16 partial products share a bit, so nothing carries
-    np.multiply(words, 0x00204081, out=words)
-    np.right_shift(words, 21, out=words)
-    np.bitwise_and(words, 0x0F, out=words)  # nibble j = bits of elements 4j..4j+3
-    for step in (1, 2, 4):  # pairs of nibbles, of bytes, of half-words
-        np.left_shift(words[step :: 2 * step], 4 * step, out=words[step :: 2 * step])
-        np.bitwise_or(words[:: 2 * step], words[step :: 2 * step], out=words[:: 2 * step])
-    np.copyto(out.view("<u4")[:, 0], words[0])
+    words = legacy_buffer("fifth-bits", (8, n), np.uint32)  # row j: elements 4j..4j+3
+    np.bitwise_and(codes.view("<u4"), 0x10101010, out=words)
+    np.multiply(words, FIFTH_GATHER, out=words)
+    np.right_shift(words, 28, out=words)
+    np.multiply(words, FIFTH_PLACE, out=words)
+    np.copyto(out.view("<u4")[:, 0], np.bitwise_or.reduce(words, axis=0))
     np.bitwise_and(codes, 0x0F, out=codes)
 
 
@@ -275,16 +275,16 @@ def _affine_codes(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, n
     (32)."""
     quads = element_quads(x)
     lo, hi = block_min_max(x, quads)
-    with np.errstate(over="ignore"):  # max - min may overflow to inf, as in C
+    # as in C, max - min may overflow to inf (then 1 / d is 0, and x - min may be inf too:
+    # inf * 0 is NaN, which the cast turns into a code as C's does)
+    with np.errstate(over="ignore", invalid="ignore"):
         d = (hi - lo) / F32(levels - 1)
-    v = np.subtract(
-        quads, spread_blocks(lo, "offset"), out=legacy_buffer("values", quads.shape, F32)
-    )
-    with np.errstate(invalid="ignore"):  # inf * 0 when d is inf
+        v = np.subtract(
+            quads, spread_blocks(lo, "offset"), out=legacy_buffer("values", quads.shape, F32)
+        )
         np.multiply(v, spread_blocks(inverse_or_zero(d), "factor"), out=v)
-    np.add(v, F32(0.5), out=v)
-    q = legacy_buffer("codes", quads.shape, np.uint8)
-    with np.errstate(invalid="ignore"):
+        np.add(v, F32(0.5), out=v)
+        q = legacy_buffer("codes", quads.shape, np.uint8)
         np.copyto(q, v, casting="unsafe")
     clamp_codes(q, levels - 1)
     return d, lo, q

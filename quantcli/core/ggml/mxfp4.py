@@ -31,6 +31,10 @@ KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np
 PAIRS = np.stack([np.tile(KVALUES, 16), np.repeat(KVALUES, 16)], axis=1)
 
 
+# 1 / d = 2**(128 - e) for each exponent byte e, float32, 2**127 for e = 0 (see encode_mxfp4)
+INVERSE_SCALES = np.ldexp(F32(1), 128 - np.maximum(np.arange(256), 1)).astype(np.float32)
+
+
 def e8m0_half(e: np.ndarray) -> np.ndarray:
     """2**(e - 128) as float32, from uint8 exponents ``e`` (any shape), as
     ``ggml_e8m0_to_fp32_half``: subnormal for e < 2."""
@@ -45,7 +49,8 @@ def shared_exponent(amax: np.ndarray) -> np.ndarray:
     Computed as gguf-py computes it (float32 log2, then a cast that wraps below 0 as x86's
     conversion does for C's ``(uint8_t)``)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.where(amax > 0, np.floor(np.log2(amax)) - F32(2) + F32(127), F32(0))
+        e = np.floor(np.log2(amax)) - F32(2) + F32(127)
+        e[amax == 0] = 0  # (amax >= 0) -inf there
         return e.astype(np.uint8)
 
 
@@ -58,10 +63,9 @@ def encode_mxfp4(x: np.ndarray, out: np.ndarray) -> None:
     e = shared_exponent(reduce_blocks(magnitude, np.maximum).view(np.float32))
     # a = |x| / d exactly (d = 2**(e - 128) is a power of two); 2**128 overflows float32, so
     # the blocks with e = 0 take 2**127 and are doubled after
-    scale = np.ldexp(F32(1), 128 - np.maximum(e, 1).astype(np.int32)).astype(np.float32)
     a = np.multiply(
         magnitude.view(np.float32),
-        spread_blocks(scale, "factor"),
+        spread_blocks(np.take(INVERSE_SCALES, e), "factor"),
         out=legacy_buffer("values", shape, np.float32),
     )
     small = np.flatnonzero(e == 0)
