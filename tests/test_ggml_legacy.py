@@ -193,7 +193,9 @@ def test_mxfp4_rounds_every_midpoint_and_its_neighbours():
     blocks = np.zeros((3, 32), np.float32)
     blocks.reshape(-1)[: values.size] = values
     blocks[:, 31] = 12.0
-    scaled = [blocks * np.float32(2.0**k) for k in (-140, -130, -126, -124, -100, 0, 20, 116)]
+    # e = k + 128: wrapped below 0 (k < -128), 0 (doubled), 1, then ordinary exponents
+    exponents = (-140, -130, -128, -127, -126, -124, -100, 0, 20, 116)
+    scaled = [blocks * np.float32(2.0**k) for k in exponents]
     x = np.concatenate(scaled).astype(np.float32)
     np.testing.assert_array_equal(GGML_TYPES["MXFP4"].encode(x), ref_quantize(x, "MXFP4"))
 
