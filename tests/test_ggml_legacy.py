@@ -113,6 +113,93 @@ def test_q4_0_picks_the_first_of_two_equal_magnitudes():
     np.testing.assert_array_equal(d, [-0.25, 0.25])
 
 
+def extreme_blocks(rng: np.random.Generator) -> np.ndarray:
+    """float32 (k, 32) blocks for the encoders' per-block extremes, taken from bit-level
+    reductions: +a and -a both present (either order, among smaller values, or alone), zeros
+    of both signs in every arrangement, one non-zero value, subnormal and huge values (max -
+    min overflows for Q4_1), ties of the largest value, and all-negative blocks."""
+    blocks = []
+    a = rng.uniform(0.1, 10, 64).astype(np.float32)
+    for first, second in ((1, -1), (-1, 1)):
+        b = (rng.uniform(-1, 1, (64, 32)) * a[:, None] * 0.9).astype(np.float32)
+        b[np.arange(64), rng.integers(0, 16, 64)] = first * a
+        b[np.arange(64), rng.integers(16, 32, 64)] = second * a
+        blocks.append(b)
+    pm = np.zeros((4, 32), np.float32)
+    pm[0, [0, 31]] = [3.0, -3.0]
+    pm[1, [0, 31]] = [-3.0, 3.0]
+    pm[2, [5, 6]] = [-1e-45, 1e-45]
+    pm[3, [7, 9]] = [3.4e38, -3.4e38]
+    blocks.append(pm)
+    zeros = np.where(rng.random((64, 32)) < 0.5, np.float32(0.0), np.float32(-0.0))
+    zeros[:2] = [[0.0], [-0.0]]
+    blocks.append(zeros.astype(np.float32))
+    for value in (-0.0, 1e-45, -1e-45, 1e-40, 3e-37, -1.0, 2.5, 3.4e38, -3.4e38):
+        one = np.where(rng.random((8, 32)) < 0.5, np.float32(0.0), np.float32(-0.0))
+        one = one.astype(np.float32)
+        one[np.arange(8), rng.integers(0, 32, 8)] = value
+        blocks.append(one)
+    for scale in (1e-45, 1e-42, 1e-39, 3e-38, 1e-37, 1e37, 1e38):
+        blocks.append((rng.standard_normal((16, 32)) * scale).astype(np.float32))
+    huge = rng.choice(np.array([3e38, -3e38, 1e38, -1e38, 1.0, 0.0], np.float32), (32, 32))
+    blocks.append(huge)
+    ties = np.repeat(rng.uniform(-5, 5, (16, 4)).astype(np.float32), 8, axis=1)
+    blocks.append(ties)
+    blocks.append(-np.abs(rng.standard_normal((16, 32)).astype(np.float32)))
+    blocks.append(np.abs(rng.standard_normal((16, 32)).astype(np.float32)))
+    return np.concatenate(blocks)
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_encoder_gives_ggufs_bytes_on_block_extremes(name):
+    x = extreme_blocks(np.random.default_rng(11))
+    np.testing.assert_array_equal(GGML_TYPES[name].encode(x), ref_quantize(x, name))
+
+
+@pytest.mark.parametrize("name", LEGACY)
+@pytest.mark.parametrize("blocks", [1, 3, 4097])
+def test_encoder_gives_ggufs_bytes_for_any_block_count(name, blocks):
+    # the encoders work on an element-major copy of each chunk: short and uneven chunks
+    # (one block, a chunk and one more) must come out in block order
+    x = np.random.default_rng(blocks).standard_normal((blocks, 32), dtype=np.float32)
+    np.testing.assert_array_equal(GGML_TYPES[name].encode(x), ref_quantize(x, name))
+
+
+def test_q8_0_rounds_just_below_and_above_ties_as_c():
+    # d = 15.875 / 127 = 0.125: x / d one float32 step either side of k + 0.5, where
+    # adding 0.5 then truncating would round 0.49999997 up
+    k = np.arange(-8, 8, dtype=np.float32) + np.float32(0.5)
+    below = np.nextafter(k, np.float32(0)) * np.float32(0.125)
+    above = np.nextafter(k, np.float32(np.inf) * np.sign(k)) * np.float32(0.125)
+    x = np.zeros((2, 32), np.float32)
+    x[:, 0] = 15.875
+    x[0, 1:17], x[1, 1:17] = below, above
+    raw = GGML_TYPES["Q8_0"].encode(x)
+    np.testing.assert_array_equal(raw, ref_quantize(x, "Q8_0"))
+    codes = raw[:, 2:].view(np.int8)[:, 1:17]
+    np.testing.assert_array_equal(codes[0], np.trunc(k))
+    np.testing.assert_array_equal(codes[1], np.trunc(k) + np.sign(k))
+
+
+def test_mxfp4_rounds_every_midpoint_and_its_neighbours():
+    # amax 12 gives d = 1, so |x| / d is x itself: every grid point and midpoint of 0 1 2 3 4
+    # 6 8 12 and the float32 values either side of each, with both signs; then the same
+    # under other exponents, including the tiny blocks whose e is 0 or wraps around
+    grid = np.array([0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 10, 12], np.float32)
+    values = np.concatenate(
+        [grid, np.nextafter(grid, np.float32(0)), np.nextafter(grid, np.float32(16))]
+    )
+    values = np.concatenate([values, -values])[1:]  # 90 values, without the first 0's copy
+    blocks = np.zeros((3, 32), np.float32)
+    blocks.reshape(-1)[: values.size] = values
+    blocks[:, 31] = 12.0
+    # e = k + 128: wrapped below 0 (k < -128), 0 (doubled), 1, then ordinary exponents
+    exponents = (-140, -130, -128, -127, -126, -124, -100, 0, 20, 116)
+    scaled = [blocks * np.float32(2.0**k) for k in exponents]
+    x = np.concatenate(scaled).astype(np.float32)
+    np.testing.assert_array_equal(GGML_TYPES["MXFP4"].encode(x), ref_quantize(x, "MXFP4"))
+
+
 def test_zero_blocks_encode_to_zero_scale_and_decode_to_zero():
     x = np.zeros((1, 64), np.float32)
     for name in LEGACY:

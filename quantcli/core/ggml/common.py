@@ -15,12 +15,14 @@ F32_ZERO = F32(0.0)
 
 
 def f16_bytes(d: np.ndarray, out: np.ndarray) -> None:
-    """Store float32 ``d`` (n,) as little-endian IEEE float16 into uint8 ``out`` (n, 2).
+    """Store float32 ``d`` (n,) as little-endian IEEE float16 into uint8 ``out`` (n, 2), whose
+    last axis is contiguous (two columns of a block array).
 
     NumPy's cast rounds to nearest even and overflows to inf, as ggml's
     ``GGML_FP32_TO_FP16`` does (NaN never reaches it: encoders refuse non-finite input).
     """
-    out[...] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+    # one little-endian uint16 a block: a strided copy, not n two-byte row copies
+    np.copyto(out.view("<u2")[:, 0], d.astype("<f2").view("<u2"))
 
 
 def f16_values(raw: np.ndarray) -> np.ndarray:

@@ -26,37 +26,133 @@ from quantcli.core.ggml.common import (
     f16_bytes,
     f16_values,
     inverse_or_zero,
-    round_half_away,
 )
+from quantcli.core.parallel import scratch
 
 QK = 32
 HALF = QK // 2
+# four float32 as one 16-byte unit: the element-major layout below moves these, not floats
+QUAD = np.dtype("V16")
+SIGN = np.int32(-0x80000000)
+# largest float32 below 0.5: trunc(v + copysign(ROUND_BIAS, v)) is C's roundf(v) for every
+# float32 v (adding 0.5 instead rounds 0.49999997 up to 1), checked on all of them
+ROUND_BIAS = np.nextafter(F32(0.5), F32(0))
 
 
-def _pick(x: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """x[i, index[i]] for float32 (n, 32) and intp (n,) -> (n,)."""
-    return np.take_along_axis(x, index[:, None], axis=1)[:, 0]
+def legacy_buffer(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """This thread's reusable scratch array for one purpose of the legacy codecs."""
+    return scratch("ggml-legacy-" + name, shape, dtype)
 
 
-def absmax(x: np.ndarray) -> np.ndarray:
-    """Largest magnitude of each block, float32 (n, 32) -> (n,). (argmax, then a gather, is
-    faster than NumPy's max over short rows.)"""
-    a = np.abs(x)
-    return _pick(a, a.argmax(axis=1))
+def element_quads(x: np.ndarray) -> np.ndarray:
+    """float32 (n, 32) blocks -> float32 (8, 4n), [j, 4i + k] = x[i, 4j + k] (a scratch array).
+
+    Row j holds elements 4j..4j+3 of every block, so an operation over the 32 elements of
+    every block is 8 long contiguous rows: reductions are 7 elementwise maxima of whole rows
+    (not 4096 reductions of 32), and a per-block factor spread over (4n,) broadcasts along
+    them. Moving 16-byte units makes the transpose a quarter of a float32 one's cost."""
+    n = x.shape[0]
+    quads = legacy_buffer("quads", (8, n), QUAD)
+    np.copyto(quads, np.ascontiguousarray(x).view(QUAD).T)
+    return quads.view(np.float32).reshape(8, 4 * n)
 
 
-def signed_absmax(x: np.ndarray) -> np.ndarray:
-    """The first value of largest magnitude of each block, float32 (n, 32) -> (n,): the
-    first of +a and -a when both occur, the first element of an all-zero block (as C's
-    strict comparison and gguf-py's argmax pick it)."""
-    return _pick(x, np.abs(x).argmax(axis=1))
+def reduce_blocks(a: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    """``ufunc`` (np.maximum or np.minimum) over the 32 elements of each block, from the
+    element-major (8, 4n) layout of ``element_quads``: (n,) of a's dtype."""
+    lanes = ufunc.reduce(a, axis=0)  # (4n,): four lanes per block
+    block = ufunc(lanes[0::4], lanes[1::4])
+    ufunc(block, lanes[2::4], out=block)
+    return ufunc(block, lanes[3::4], out=block)
 
 
-def block_min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(min, max) of each block, float32 (n, 32) -> (n,), (n,), with the sign of a zero
-    extreme as NumPy's min and max give it (which gguf-py, and so the stored m, follows)."""
-    lo = _pick(x, x.argmin(axis=1))
-    hi = _pick(x, x.argmax(axis=1))
+def spread_blocks(v: np.ndarray, name: str) -> np.ndarray:
+    """(n,) -> (4n,) scratch, each value four times: a per-block factor for (8, 4n) rows."""
+    wide = legacy_buffer(name, (v.shape[0], 4), v.dtype)
+    for k in range(4):
+        wide[:, k] = v
+    return wide.reshape(-1)
+
+
+def store_quads(codes: np.ndarray, out: np.ndarray) -> None:
+    """uint8 (r, 4n) in element-major order -> uint8 (n, 4r) ``out`` (last axis contiguous):
+    byte 4j + k of block i is codes[j, 4i + k], moved four bytes at a time."""
+    words = codes.view(np.uint32)  # (r, n)
+    columns = out.view(np.uint32)  # (n, r), rows of blocks apart
+    # one strided copy a row: a single transposing copy runs its inner loop over r only
+    for j in range(words.shape[0]):
+        np.copyto(columns[:, j], words[j])
+
+
+def clamp_codes(codes: np.ndarray, top: int) -> None:
+    """min(codes, top) in place, uint8 (8, 4n). Against a row of ``top`` rather than the
+    scalar: NumPy's SIMD loop takes two arrays (with a scalar it ran 15x slower)."""
+    row = legacy_buffer("top", (codes.shape[1],), np.uint8)
+    row.fill(top)
+    np.minimum(codes, row, out=codes)
+
+
+def pack_quads(codes: np.ndarray, out: np.ndarray) -> None:
+    """uint8 codes < 16 (8, 4n), element-major -> uint8 (n, 16) ``out``: element j low and
+    j + 16 high nibble of byte j. ``codes`` is changed. Shifted as uint32 words (a code
+    below 16 shifted by 4 stays in its byte; NumPy's uint8 shift is 8x slower)."""
+    words = codes.view(np.uint32)
+    np.left_shift(words[4:], 4, out=words[4:])
+    np.bitwise_or(words[:4], words[4:], out=words[:4])
+    store_quads(codes[:4], out)
+
+
+# bits 28..31 of (four 0/16 bytes) * FIFTH_GATHER are bit 4 of bytes 0..3 (little-endian,
+# byte k at bit 8k): the 16 partial products land on distinct bits, so nothing carries
+FIFTH_GATHER = np.uint32(0x01020408)
+# row j of the fifth bits' words, elements 4j..4j+3: its nibble goes to bits 4j..4j+3
+FIFTH_PLACE = (np.uint32(1) << np.arange(0, 32, 4, dtype=np.uint32))[:, None]
+
+
+def _fifth_bits(codes: np.ndarray, out: np.ndarray) -> None:
+    """Bit 4 of each of the 32 codes (< 32) of a block, element-major uint8 (8, 4n), as the
+    little-endian uint32 ``qh`` (bit j from element j) into uint8 (n, 4) ``out``; then the
+    codes keep their low four bits."""
+    n = codes.shape[1] // 4
+    words = legacy_buffer("fifth-bits", (8, n), np.uint32)  # row j: elements 4j..4j+3
+    np.bitwise_and(codes.view("<u4"), 0x10101010, out=words)
+    np.multiply(words, FIFTH_GATHER, out=words)
+    np.right_shift(words, 28, out=words)
+    np.multiply(words, FIFTH_PLACE, out=words)
+    np.copyto(out.view("<u4")[:, 0], np.bitwise_or.reduce(words, axis=0))
+    np.bitwise_and(codes, 0x0F, out=codes)
+
+
+def signed_absmax(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
+    """The first value of largest magnitude of each block, float32 (n, 32) -> (n,), given the
+    blocks' ``element_quads``: the first of +a and -a when both occur, the first element of
+    an all-zero block (as gguf-py's argmax picks it).
+
+    Non-negative floats order like their bits read as int32 and negative ones like their bits
+    read as uint32 (-0.0 the least), so the int32 maximum of a block is its largest value
+    when it holds one >= +0.0 and the uint32 maximum its most negative value when it holds
+    one <= -0.0 (each is the other extreme otherwise). The larger magnitude of the two is the
+    peak; when they are +a and -a, the few such blocks take the first one as C does."""
+    bits = quads.view(np.int32)
+    hi = reduce_blocks(bits, np.maximum)
+    lo = reduce_blocks(bits.view(np.uint32), np.maximum).view(np.int32)
+    peak = hi.view(np.float32)
+    lo_value = lo.view(np.float32)
+    peak = np.where(peak > -lo_value, peak, lo_value)
+    both = np.flatnonzero(np.bitwise_xor(hi, lo, out=hi) == SIGN)  # +a and -a, a may be 0
+    if both.size:
+        part = x[both]
+        peak[both] = np.take_along_axis(part, np.abs(part).argmax(axis=1)[:, None], axis=1)[:, 0]
+    return peak
+
+
+def block_min_max(x: np.ndarray, quads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) of each block, float32 (n, 32) -> (n,), (n,), given the blocks'
+    ``element_quads``, with the sign of a zero extreme as NumPy's min and max of the block
+    give it (which gguf-py, and so the stored m, follows)."""
+    lo = reduce_blocks(quads, np.minimum)
+    hi = reduce_blocks(quads, np.maximum)
+    # the maxima above may give the other zero: redo those blocks as NumPy's min and max
     for value, reduce in ((lo, np.min), (hi, np.max)):
         zero = np.flatnonzero(value == 0)
         if zero.size:
@@ -95,11 +191,23 @@ def unpack_high_bits(qh: np.ndarray) -> np.ndarray:
 
 def encode_q8_0(x: np.ndarray, out: np.ndarray) -> None:
     """float32 (n, 32) -> uint8 (n, 34) ``out``."""
-    d = absmax(x) / F32(127)
-    v = np.multiply(x, inverse_or_zero(d)[:, None])
-    q = round_half_away(v)
+    bits = element_quads(x).view(np.int32)
+    magnitude = np.bitwise_and(bits, 0x7FFFFFFF, out=legacy_buffer("abs", bits.shape, np.int32))
+    d = reduce_blocks(magnitude, np.maximum).view(np.float32) / F32(127)
+    # roundf(x / d) as trunc(|x| * (1 / d) + ROUND_BIAS) with x's sign: the product's
+    # magnitude is |x * (1 / d)|, and the sign is set on the bits before the truncating cast
+    v = np.multiply(
+        magnitude.view(np.float32),
+        spread_blocks(inverse_or_zero(d), "factor"),
+        out=legacy_buffer("values", bits.shape, np.float32),
+    )
+    np.add(v, ROUND_BIAS, out=v)
+    sign = np.bitwise_and(bits, SIGN, out=magnitude)
+    np.bitwise_or(v.view(np.int32), sign, out=v.view(np.int32))
+    codes = legacy_buffer("codes", bits.shape, np.int8)
+    np.copyto(codes, v, casting="unsafe")
     f16_bytes(d, out[:, :2])
-    out[:, 2:] = q.astype(np.int8).view(np.uint8)
+    store_quads(codes.view(np.uint8), out[:, 2:])
 
 
 def decode_q8_0(raw: np.ndarray, out: np.ndarray) -> None:
@@ -111,13 +219,20 @@ def decode_q8_0(raw: np.ndarray, out: np.ndarray) -> None:
 
 
 def _symmetric_codes(x: np.ndarray, half_levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(d float32 (n,), codes uint8 (n, 32)) of Q4_0 (half_levels 8) or Q5_0 (16)."""
-    d = signed_absmax(x) / F32(-half_levels)
-    v = np.multiply(x, inverse_or_zero(d)[:, None])
+    """(d float32 (n,), codes uint8 (8, 4n) element-major) of Q4_0 (half_levels 8) or Q5_0
+    (16)."""
+    quads = element_quads(x)
+    d = signed_absmax(x, quads) / F32(-half_levels)
+    v = np.multiply(
+        quads,
+        spread_blocks(inverse_or_zero(d), "factor"),
+        out=legacy_buffer("values", quads.shape, F32),
+    )
     np.add(v, F32(half_levels + 0.5), out=v)
     # the cast truncates toward zero, as C's (int8_t) cast does
-    q = v.astype(np.uint8)
-    np.minimum(q, 2 * half_levels - 1, out=q)
+    q = legacy_buffer("codes", quads.shape, np.uint8)
+    np.copyto(q, v, casting="unsafe")
+    clamp_codes(q, 2 * half_levels - 1)
     return d, q
 
 
@@ -125,7 +240,7 @@ def encode_q4_0(x: np.ndarray, out: np.ndarray) -> None:
     """float32 (n, 32) -> uint8 (n, 18) ``out``."""
     d, q = _symmetric_codes(x, 8)
     f16_bytes(d, out[:, :2])
-    pack_nibbles(q, out[:, 2:])
+    pack_quads(q, out[:, 2:])
 
 
 def decode_q4_0(raw: np.ndarray, out: np.ndarray) -> None:
@@ -139,9 +254,8 @@ def encode_q5_0(x: np.ndarray, out: np.ndarray) -> None:
     """float32 (n, 32) -> uint8 (n, 22) ``out``."""
     d, q = _symmetric_codes(x, 16)
     f16_bytes(d, out[:, :2])
-    pack_high_bits(q, out[:, 2:6])
-    np.bitwise_and(q, 0x0F, out=q)
-    pack_nibbles(q, out[:, 6:])
+    _fifth_bits(q, out[:, 2:6])
+    pack_quads(q, out[:, 6:])
 
 
 def decode_q5_0(raw: np.ndarray, out: np.ndarray) -> None:
@@ -157,17 +271,22 @@ def decode_q5_0(raw: np.ndarray, out: np.ndarray) -> None:
 
 
 def _affine_codes(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(d, m float32 (n,), codes uint8 (n, 32)) of Q4_1 (levels 16) or Q5_1 (32)."""
-    lo, hi = block_min_max(x)
-    with np.errstate(over="ignore"):  # max - min may overflow to inf, as in C
+    """(d, m float32 (n,), codes uint8 (8, 4n) element-major) of Q4_1 (levels 16) or Q5_1
+    (32)."""
+    quads = element_quads(x)
+    lo, hi = block_min_max(x, quads)
+    # as in C, max - min may overflow to inf (then 1 / d is 0, and x - min may be inf too:
+    # inf * 0 is NaN, which the cast turns into a code as C's does)
+    with np.errstate(over="ignore", invalid="ignore"):
         d = (hi - lo) / F32(levels - 1)
-    v = np.subtract(x, lo[:, None])
-    with np.errstate(invalid="ignore"):  # inf * 0 when d is inf
-        np.multiply(v, inverse_or_zero(d)[:, None], out=v)
-    np.add(v, F32(0.5), out=v)
-    with np.errstate(invalid="ignore"):
-        q = v.astype(np.uint8)
-    np.minimum(q, levels - 1, out=q)
+        v = np.subtract(
+            quads, spread_blocks(lo, "offset"), out=legacy_buffer("values", quads.shape, F32)
+        )
+        np.multiply(v, spread_blocks(inverse_or_zero(d), "factor"), out=v)
+        np.add(v, F32(0.5), out=v)
+        q = legacy_buffer("codes", quads.shape, np.uint8)
+        np.copyto(q, v, casting="unsafe")
+    clamp_codes(q, levels - 1)
     return d, lo, q
 
 
@@ -176,7 +295,7 @@ def encode_q4_1(x: np.ndarray, out: np.ndarray) -> None:
     d, m, q = _affine_codes(x, 16)
     f16_bytes(d, out[:, :2])
     f16_bytes(m, out[:, 2:4])
-    pack_nibbles(q, out[:, 4:])
+    pack_quads(q, out[:, 4:])
 
 
 def decode_q4_1(raw: np.ndarray, out: np.ndarray) -> None:
@@ -191,9 +310,8 @@ def encode_q5_1(x: np.ndarray, out: np.ndarray) -> None:
     d, m, q = _affine_codes(x, 32)
     f16_bytes(d, out[:, :2])
     f16_bytes(m, out[:, 2:4])
-    pack_high_bits(q, out[:, 4:8])
-    np.bitwise_and(q, 0x0F, out=q)
-    pack_nibbles(q, out[:, 8:])
+    _fifth_bits(q, out[:, 4:8])
+    pack_quads(q, out[:, 8:])
 
 
 def decode_q5_1(raw: np.ndarray, out: np.ndarray) -> None:
