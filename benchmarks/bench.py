@@ -19,7 +19,9 @@ compress runs it) on one and on two threads (QUANT_THREADS), in M weights/s and 
 the kernel floor; the search section times the scale searches on one thread.
 
 A GGUF section times `quant compress --type` end to end on a generated F16 GGUF (llama
-layout, 230 MiB) against the file floor on the same tensors.
+layout and vocabulary, 224 MiB) against the file floor on the same tensors and, when the
+environment variable LLAMA_QUANTIZE names a llama-quantize executable, against llama-quantize
+on the same file and type, run alternately (target: quant within 1.5x).
 
     python benchmarks/bench.py [--quick] [--repeat N] [--skip-e2e] [--skip-ggml] [--skip-gguf]
 """
@@ -626,31 +628,85 @@ def bench_end_to_end(report: Report, rows: int, cols: int, repeat: int) -> None:
             )
 
 
-def make_gguf(path: Path, st_path: Path, dim: int, ffn: int, layers: int, vocab: int) -> None:
-    """An F16 GGUF with a llama layout (and the same tensors as safetensors, for the floor)."""
+def spm_vocab(size: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A llama (SentencePiece) vocabulary of ``size`` tokens as llama.cpp loads it: <unk>,
+    <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, then pieces of 1-3 lower-case letters with
+    and without the word-start mark. Returns the tokens, their scores (float32, (size,)) and
+    their types (int32, (size,): 1 normal, 2 unknown, 3 control, 6 byte)."""
+    from itertools import product
+    from string import ascii_lowercase
+
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    kinds = [2, 3, 3, *([6] * 256)]
+    for length in (1, 2, 3):
+        for letters in product(ascii_lowercase, repeat=length):
+            for piece in ("\u2581" + "".join(letters), "".join(letters)):
+                if len(tokens) < size:
+                    tokens.append(piece)
+                    kinds.append(1)
+    if len(tokens) < size:
+        raise ValueError(f"spm_vocab makes at most {len(tokens)} tokens, not {size}")
+    tokens, kinds = tokens[:size], kinds[:size]
+    scores = -np.arange(size, dtype=np.float32)
+    return tokens, scores, np.asarray(kinds, np.int32)
+
+
+def make_gguf(
+    path: Path,
+    st_path: Path,
+    dim: int,
+    ffn: int,
+    layers: int,
+    vocab: int,
+    kv_heads: int | None = None,
+    tied: bool = False,
+) -> None:
+    """An F16 GGUF with a llama layout and the metadata llama.cpp needs to load it and generate
+    (hyperparameters and an SPM vocabulary; random weights), and the same tensors as
+    safetensors, for the floor. Heads of 64; ``kv_heads`` (default: as many as the heads)
+    gives grouped-query attention; ``tied``: no output.weight (the embedding is the output)."""
     from quantcli.io.gguf_file import GGUFValue, GGUFValueType
     from quantcli.io.gguf_writer import GGUFWriter
     from quantcli.io.safetensors_writer import SafetensorsWriter
 
+    heads = dim // 64
+    kv_heads = heads if kv_heads is None else kv_heads
     rng = np.random.default_rng(2)
     shapes = {"token_embd.weight": (vocab, dim)}
     for i in range(layers):
         p = f"blk.{i}."
         shapes[p + "attn_norm.weight"] = (dim,)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            shapes[p + name + ".weight"] = (dim, dim)
+        shapes[p + "attn_q.weight"] = (dim, dim)
+        shapes[p + "attn_k.weight"] = (kv_heads * 64, dim)
+        shapes[p + "attn_v.weight"] = (kv_heads * 64, dim)
+        shapes[p + "attn_output.weight"] = (dim, dim)
         shapes[p + "ffn_gate.weight"] = (ffn, dim)
         shapes[p + "ffn_up.weight"] = (ffn, dim)
         shapes[p + "ffn_down.weight"] = (dim, ffn)
         shapes[p + "ffn_norm.weight"] = (dim,)
     shapes["output_norm.weight"] = (dim,)
-    shapes["output.weight"] = (vocab, dim)
-    s, u = GGUFValueType.STRING, GGUFValueType.UINT32
+    if not tied:
+        shapes["output.weight"] = (vocab, dim)
+    s, u, f32 = GGUFValueType.STRING, GGUFValueType.UINT32, GGUFValueType.FLOAT32
+    tokens, scores, kinds = spm_vocab(vocab)
     fields = {
         "general.architecture": GGUFValue(s, "llama"),
+        "general.name": GGUFValue(s, "quant-bench"),
+        "llama.context_length": GGUFValue(u, 2048),
+        "llama.embedding_length": GGUFValue(u, dim),
         "llama.block_count": GGUFValue(u, layers),
-        "llama.attention.head_count": GGUFValue(u, dim // 64),
-        "llama.attention.head_count_kv": GGUFValue(u, dim // 64),
+        "llama.feed_forward_length": GGUFValue(u, ffn),
+        "llama.rope.dimension_count": GGUFValue(u, 64),
+        "llama.attention.head_count": GGUFValue(u, heads),
+        "llama.attention.head_count_kv": GGUFValue(u, kv_heads),
+        "llama.attention.layer_norm_rms_epsilon": GGUFValue(f32, np.float32(1e-5)),
+        "tokenizer.ggml.model": GGUFValue(s, "llama"),
+        "tokenizer.ggml.tokens": GGUFValue(GGUFValueType.ARRAY, tokens, s),
+        "tokenizer.ggml.scores": GGUFValue(GGUFValueType.ARRAY, scores, f32),
+        "tokenizer.ggml.token_type": GGUFValue(GGUFValueType.ARRAY, kinds, GGUFValueType.INT32),
+        "tokenizer.ggml.bos_token_id": GGUFValue(u, 1),
+        "tokenizer.ggml.eos_token_id": GGUFValue(u, 2),
+        "tokenizer.ggml.unknown_token_id": GGUFValue(u, 0),
     }
     dtypes = {n: np.float32 if len(shape) == 1 else np.float16 for n, shape in shapes.items()}
     plan = [(n, "F32" if dtypes[n] == np.float32 else "F16", shape) for n, shape in shapes.items()]
@@ -665,11 +721,31 @@ def make_gguf(path: Path, st_path: Path, dim: int, ffn: int, layers: int, vocab:
         st.close()
 
 
+def llama_quantize_path() -> str | None:
+    """The llama-quantize that ``LLAMA_QUANTIZE`` names, or None (with a line saying why)."""
+    named = os.environ.get("LLAMA_QUANTIZE", "").strip()
+    found = shutil.which(named) if named else None
+    if found is None:
+        why = f"LLAMA_QUANTIZE={named!r} is not an executable" if named else "LLAMA_QUANTIZE unset"
+        print(
+            f"GGUF compress vs llama-quantize: skipped ({why}); set LLAMA_QUANTIZE to a "
+            "llama-quantize executable (llama.cpp's tools/quantize) to time it on the same "
+            "file and types, alternating with quant"
+        )
+    return found
+
+
 def bench_gguf(report: Report, quick: bool, repeat: int) -> None:
     """End-to-end GGUF compress (report computed, table printed) of an F16 GGUF, against the
-    file floor run on the same tensors as safetensors. llama-quantize is not available here:
-    the issue's target (within 1.5x of it) cannot be measured, so no verdict is given."""
+    file floor run on the same tensors as safetensors and, when ``LLAMA_QUANTIZE`` names an
+    executable, against llama-quantize on the same file and type with as many threads as
+    quant uses (QUANT_THREADS, default 1), the two run alternately (issue target: quant within
+    1.5x of llama-quantize)."""
+    from quantcli.core.parallel import thread_count
+
     quant = str(Path(sys.executable).with_name("quant"))
+    llama_quantize = llama_quantize_path()
+    threads = thread_count()
     dims = (512, 1408, 2, 8000) if quick else (1024, 2816, 4, 32000)
     with tempfile.TemporaryDirectory(prefix="quant-bench-gguf-") as tmp:
         tmp = Path(tmp)
@@ -684,20 +760,27 @@ def bench_gguf(report: Report, quick: bool, repeat: int) -> None:
         )
         print(f"file floor on the same {size:.0f} MiB of F16 tensors: {floor:.2f} s")
         for kind in ("Q8_0", "Q4_0", "Q4_K_M", "Q6_K"):
-            runs = [
-                timed_run([quant, "compress", str(src), "-o", str(tmp / "q.gguf"), "--type", kind,
-                           "--force"])
-                for _ in range(repeat)
-            ]  # fmt: skip
+            ours = [str(src), "-o", str(tmp / "q.gguf"), "--type", kind, "--force"]
+            theirs = [llama_quantize, str(src), str(tmp / "l.gguf"), kind, str(threads)]
+            runs, peer = [], []
+            for _ in range(repeat):
+                runs.append(timed_run([quant, "compress", *ours]))
+                if llama_quantize:
+                    peer.append(timed_run(theirs))
             wall = statistics.median(w for w, _ in runs)
-            report.timed(
-                f"GGUF compress {size:.0f} MiB F16 -> {kind}",
-                wall,
-                wall / floor,
-                "file floor",
-                "no target (llama-quantize: n/a here)",
-                True,
-            )
+            case = f"GGUF compress {size:.0f} MiB F16 -> {kind}"
+            report.timed(case, wall, wall / floor, "file floor", "no target", True)
+            if llama_quantize:
+                peer_wall = statistics.median(w for w, _ in peer)
+                report.timed(
+                    f"  vs llama-quantize ({peer_wall:.2f} s, {max(r for _, r in peer)} MB), "
+                    f"{threads} thread{'s' if threads > 1 else ''} each",
+                    wall,
+                    wall / peer_wall,
+                    "llama-quantize",
+                    "<= 1.5x",
+                    wall / peer_wall <= 1.5,
+                )
             report.memory(f"  GGUF compress -> {kind}", max(r for _, r in runs), 1024)
 
 
