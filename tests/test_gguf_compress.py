@@ -337,8 +337,20 @@ def test_fallback_to_f16_and_no_fallback(tmp_path):
     )
     assert "--exclude" in line
     assert not refused.exists()
-    # a legacy type has no fallback in llama.cpp: refused, with the way out
-    assert_fails(run("compress", src, "-o", refused, "--type", "Q4_0"), 2, "blk.0.attn_q.weight")
+    # a legacy type's own block does not fit: F16, as llama.cpp writes it, shown as a
+    # fallback; --no-fallback refuses it, and --exclude keeps the tensor as it is
+    legacy = tmp_path / "legacy.gguf"
+    result = ok("compress", src, "-o", legacy, "--type", "Q4_0", "--json", "-q")
+    row = next(r for r in json.loads(result.stdout)["tensors"] if "attn_q" in r["tensor"])
+    assert (row["type"], row["fallback_from"]) == ("F16", "Q4_0")
+    stored = next(t for t in gguf.GGUFReader(str(legacy)).tensors if "attn_q" in t.name)
+    assert stored.tensor_type == gguf.GGMLQuantizationType.F16
+    assert_fails(
+        run("compress", src, "-o", refused, "--type", "Q4_0", "--no-fallback"),
+        2,
+        "blk.0.attn_q.weight",
+        "--no-fallback",
+    )
     assert not refused.exists()
     ok("compress", src, "-o", refused, "--type", "Q4_0", "--exclude", "blk.0.attn_q*", "-q")
     kept = next(t for t in gguf.GGUFReader(str(refused)).tensors if "attn_q" in t.name)

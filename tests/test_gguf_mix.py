@@ -18,6 +18,7 @@ import pytest
 from test_gguf_compress import assert_fails, llama_tensors, ok, run, write_model
 
 from quantcli.core.ggml import FALLBACK_TYPES, GGML_TYPES
+from quantcli.core.ggml.mixes import use_more_bits
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,7 @@ def test_rules_give_their_types_and_leave_the_rest_to_the_mix(model, tmp_path):
         "--rule", "token_embd=keep",
     )  # fmt: skip
     before, after = types_of(plain), types_of(ruled)
+    n_layer = sum(".attn_v." in name for name in after)
     for name, kind in after.items():
         if ".attn_q." in name:
             want = "Q8_0"
@@ -73,9 +75,17 @@ def test_rules_give_their_types_and_leave_the_rest_to_the_mix(model, tmp_path):
             want = before[name] if "norm" in name else "Q5_K"
         elif name == "token_embd.weight":
             want = "F16"
+        elif ".attn_v." in name:
+            # as llama.cpp's --tensor-type: the four attn_v the rules name do not count, so
+            # layer L is the (L - 4)-th attn_v of Q4_K_M's use_more_bits rule
+            layer = int(name.split(".")[1])
+            want = "Q6_K" if use_more_bits(layer - 4, n_layer) else "Q4_K"
         else:
-            want = before[name]  # the mix's choice, layer counters untouched
+            want = before[name]  # the mix's choice
         assert kind == want, (name, kind, want)
+    # and the shift shows: some attn_v of layers 4 and up differ from the plain mix's
+    later = [n for n in after if ".attn_v." in n and int(n.split(".")[1]) >= 4]
+    assert any(before[n] != after[n] for n in later)
     src = {t.name: t for t in gguf.GGUFReader(str(model)).tensors}
     kept = next(t for t in gguf.GGUFReader(str(ruled)).tensors if t.name == "token_embd.weight")
     assert bytes(kept.data) == bytes(src["token_embd.weight"].data)
@@ -83,6 +93,26 @@ def test_rules_give_their_types_and_leave_the_rest_to_the_mix(model, tmp_path):
     assert rows["blk.5.attn_q.weight"]["chosen_by"] == "--rule 'blk.*.attn_q.weight=q8_0'"
     assert rows["blk.5.attn_k.weight"]["chosen_by"] == "mix"
     assert rows["token_embd.weight"]["reason"] == "kept: --rule 'token_embd=keep'"
+
+
+def test_a_ruled_tensor_does_not_advance_the_mix_counters(model, tmp_path):
+    """llama.cpp (0c1e57098) skips its mix rules, counters included, for a tensor that a
+    --tensor-type pattern names: with blk.0's ffn_down named, layer L's ffn_down gets what
+    layer L - 1's gets in the plain mix (checked against llama-quantize, docs/GGUF.md)."""
+    plain, ruled = tmp_path / "plain.gguf", tmp_path / "ruled.gguf"
+    ok("compress", model, "-o", plain, "--type", "Q4_K_M", "-q")
+    rule = ("--rule", "blk.0.ffn_down.weight=Q8_0")
+    ok("compress", model, "-o", ruled, "--type", "Q4_K_M", *rule, "-q")
+    before, after = types_of(plain), types_of(ruled)
+    layers = sum(".ffn_down." in name for name in after)
+    assert after["blk.0.ffn_down.weight"] == "Q8_0"
+    for layer in range(1, layers):
+        name = f"blk.{layer}.ffn_down.weight"
+        assert after[name] == before[f"blk.{layer - 1}.ffn_down.weight"], name
+    assert any(after[f"blk.{i}.ffn_down.weight"] != before[f"blk.{i}.ffn_down.weight"]
+               for i in range(1, layers))  # fmt: skip
+    others = [n for n in after if ".ffn_down." not in n]
+    assert all(after[n] == before[n] for n in others)
 
 
 def test_rule_errors_are_one_line(model, tmp_path):

@@ -25,7 +25,7 @@ from fractions import Fraction
 import ml_dtypes
 import numpy as np
 
-from quantcli.core.ggml import GGML_TYPES, BlockSizeError
+from quantcli.core.ggml import GGML_TYPES
 from quantcli.core.ggml.mixes import KEEP, TensorChoice, TensorFacts, fitted_type
 from quantcli.core.metrics import ErrorStats
 from quantcli.errors import UsageError
@@ -272,10 +272,7 @@ def measure_types(
             elif kind in _FLOAT_TYPES:
                 written = kind
             else:
-                try:
-                    written, asked = fitted_type(t.name, kind, t.shape[-1])
-                except BlockSizeError:
-                    continue  # no fallback for this row size: not a candidate here
+                written, asked = fitted_type(t.name, kind, t.shape[-1])
                 if asked is not None and not fallback:
                     continue
             if written in options:

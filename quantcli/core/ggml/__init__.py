@@ -89,16 +89,10 @@ class GGMLType:
     def check_row_size(self, n: int, name: str = "tensor") -> None:
         """Raise BlockSizeError unless rows of ``n`` elements fit whole blocks."""
         if n % self.block_size:
-            fallback = fallback_type(self.name, n)
-            advice = (
-                f"llama.cpp would store it as {fallback}"
-                if fallback
-                else "or keep the tensor unquantized"
-            )
             raise BlockSizeError(
                 f"{self.name} in tensor {name}: row size ({n}) is not a multiple of "
                 f"{self.name} block size ({self.block_size}); choose another type "
-                f"({advice})"
+                f"(llama.cpp would store it as {fallback_type(self.name, n)})"
             )
 
     def encode(self, x: np.ndarray, name: str = "tensor", search: str = "none") -> np.ndarray:
@@ -229,7 +223,8 @@ GGML_TYPES_BY_ID: dict[int, GGMLType] = {t.type_id: t for t in GGML_TYPES.values
 
 # llama.cpp's choice (tensor_type_fallback in src/llama-quant.cpp) when a row does not fit a
 # K-quant's 256-element super-block; if the fallback's 32-element block does not fit
-# either, it stores the tensor as F16. The other types have no fallback there.
+# either, it stores the tensor as F16, as it does when a 32-element type's own block does
+# not fit (llama.cpp 0c1e57098; earlier versions refused those).
 FALLBACK_TYPES: dict[str, str] = {
     "Q2_K": "Q4_0",
     "Q3_K": "Q4_0",
@@ -239,15 +234,13 @@ FALLBACK_TYPES: dict[str, str] = {
 }
 
 
-def fallback_type(name: str, n: int) -> str | None:
+def fallback_type(name: str, n: int) -> str:
     """The type llama.cpp stores rows of ``n`` elements in when ``name`` is asked for:
     ``name`` itself when its block divides n, else its fallback type when that one's block
-    does, else "F16"; None when ``name`` has no fallback (llama.cpp then refuses)."""
+    does, else "F16" (the 32-element types have no smaller block to fall back to)."""
     if n % GGML_TYPES[name].block_size == 0:
         return name
-    fallback = FALLBACK_TYPES.get(name)
-    if fallback is None:
-        return None
+    fallback = FALLBACK_TYPES.get(name, name)
     return fallback if n % GGML_TYPES[fallback].block_size == 0 else "F16"
 
 

@@ -11,7 +11,7 @@ A name that is one of llama-quantize's mixes (``Q4_K_M``, ``Q4_0``, ...) means t
 ggml type name that is not (``Q4_K``, ``MXFP4``) means that type for every tensor the mix
 rules would quantize ("pure"), as llama-quantize's ``--pure``, which ``pure=True`` gives for a
 mix name too. Either way a tensor whose rows do not fit the type's block falls back to
-llama.cpp's fallback type (``FALLBACK_TYPES``), or with ``fallback=False`` is refused.
+llama.cpp's fallback type (``fallback_type``: a K-quant's 32-element type, else F16), or with
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from quantcli.core.ggml import FALLBACK_TYPES, GGML_TYPES, BlockSizeError
+from quantcli.core.ggml import GGML_TYPES, BlockSizeError, fallback_type
 from quantcli.errors import SpecError
 
 #: an assigned type that keeps a tensor as it is
@@ -383,19 +383,9 @@ def _mix_type(t: TensorFacts, cat: int, mix: Mix, facts: ModelFacts, counters: _
 
 def fitted_type(name: str, wanted: str, row: int) -> tuple[str, str | None]:
     """(type written, type asked when it fell back, else None) for rows of ``row`` elements:
-    llama.cpp's tensor_type_fallback. BlockSizeError when the type has no fallback."""
-    if row % GGML_TYPES[wanted].block_size == 0:
-        return wanted, None
-    fallback = FALLBACK_TYPES.get(wanted)
-    if fallback is None:
-        raise BlockSizeError(
-            f"{wanted} in tensor {name}: row size ({row}) is not a multiple of {wanted} block "
-            f"size ({GGML_TYPES[wanted].block_size}) and llama.cpp has no fallback for "
-            f"{wanted}; keep the tensor with --exclude '{name}', or choose a K-quant type"
-        )
-    if row % GGML_TYPES[fallback].block_size:
-        return "F16", wanted
-    return fallback, wanted
+    llama.cpp's tensor_type_fallback (a K-quant's 32-element fallback type, else F16)."""
+    written = fallback_type(wanted, row)
+    return written, (None if written == wanted else wanted)
 
 
 def plan_types(
@@ -425,11 +415,10 @@ def plan_types(
         if reason:
             choices[i] = TensorChoice(t.name, t.type, t.type, reason=reason)
             continue
-        cat = category(t.name)
-        # the counters advance on every tensor, as llama.cpp's do with --tensor-type
-        wanted = mix.default if mix.pure else _mix_type(t, cat, mix, facts, counters)
         by = ""
         if t.name in assigned:
+            # as llama.cpp's --tensor-type: a tensor given its type skips the mix's rules, and
+            # so does not advance their counters (the i-th attn_v, the i-th ffn_down)
             wanted, by = assigned[t.name]
             if wanted == KEEP:
                 choices[i] = TensorChoice(t.name, t.type, t.type, reason=f"kept: {by}", by=by)
@@ -437,6 +426,9 @@ def plan_types(
             if wanted in ("F32", "F16", "BF16"):
                 choices[i] = TensorChoice(t.name, wanted, t.type, by=by)
                 continue
+        else:
+            cat = category(t.name)
+            wanted = mix.default if mix.pure else _mix_type(t, cat, mix, facts, counters)
         row = t.shape[-1]
         written, asked = fitted_type(t.name, wanted, row)
         if asked is not None and not fallback:
