@@ -360,9 +360,10 @@ def test_a_model_folder_is_the_librarys_byte_for_byte(tmp_path, scheme, dtype):
         (("--scheme", "fp8"), torch.float32, None),
         (("--scheme", "fp8", "--granularity", "tensor"), torch.bfloat16, None),
         (("--scheme", "fp8", "--granularity", "block", "--block-size", "32"), torch.float32, None),
-        (("--scheme", "nvfp4"), torch.bfloat16, None),
+        # searched block scales: the same layout, only other scales
+        (("--scheme", "nvfp4", "--search", "mse"), torch.bfloat16, None),
         (("--scheme", "nvfp4"), torch.float32, torch.bfloat16),
-        (("--scheme", "mxfp4-ct"), torch.bfloat16, None),
+        (("--scheme", "mxfp4-ct", "--search", "mse"), torch.bfloat16, None),
         (
             (
                 "--scheme",
@@ -382,9 +383,9 @@ def test_a_model_folder_is_the_librarys_byte_for_byte(tmp_path, scheme, dtype):
         "fp8",
         "fp8-tensor-bf16",
         "fp8-block",
-        "nvfp4-bf16",
+        "nvfp4-bf16-searched",
         "nvfp4-f32-as-bf16",
-        "mxfp4-ct-bf16",
+        "mxfp4-ct-bf16-searched",
         "fullrange",
     ],
 )

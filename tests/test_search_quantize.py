@@ -22,7 +22,13 @@ SEARCHABLE = [
     ("zeropoint", 4),
     ("zeropoint", 2),
     ("absmax", 8),
+    # the 4-bit float formats' block scales: E8M0 (powers of two), E4M3 under a tensor scale
+    ("mxfp4", 4),
+    ("mxfp4-ct", 4),
+    ("nvfp4", 4),
 ]
+# their own group sizes and scale dtypes
+FIXED = {"mxfp4": (32, "e8m0"), "mxfp4-ct": (32, "e8m0"), "nvfp4": (16, "e4m3")}
 
 
 def weights(shape=(64, 512), seed=0, heavy=False) -> np.ndarray:
@@ -44,21 +50,22 @@ def group_sse(x, x_hat, group_size) -> np.ndarray:
 @pytest.mark.parametrize("scheme, bits", SEARCHABLE)
 def test_mse_search_is_never_worse_than_rtn_in_any_group(scheme, bits, heavy):
     x = weights(heavy=heavy)
-    base = dict(granularity="group", group_size=64, scale_dtype="float16")
+    size, scale_dtype = FIXED.get(scheme, (64, "float16"))
+    base = dict(granularity="group", group_size=size, scale_dtype=scale_dtype)
     if scheme == "nf4":
         bits = 4
     rtn = quantize(x, QuantSpec(scheme, bits, **base))
     searched = quantize(x, QuantSpec(scheme, bits, search="mse", **base))
-    before = group_sse(x, rtn.dequantize(), 64)
-    after = group_sse(x, searched.dequantize(), 64)
+    before = group_sse(x, rtn.dequantize(), size)
+    after = group_sse(x, searched.dequantize(), size)
     assert (after <= before).all()
     assert after.sum() < before.sum()  # and it does find better scales overall
 
 
-@pytest.mark.parametrize("scheme", ["absmax", "fullrange", "nf4", "zeropoint"])
+@pytest.mark.parametrize("scheme", ["absmax", "fullrange", "nf4", "zeropoint", "mxfp4", "nvfp4"])
 def test_representable_weights_come_back_exactly(scheme):
     # weights already on the format's grid (scale 0.5, every level used): the search keeps them
-    spec = QuantSpec(scheme, 4, "group", group_size=16, search="mse")
+    spec = QuantSpec(scheme, 4, "group", group_size=FIXED.get(scheme, (16,))[0], search="mse")
     levels = spec.format.levels(spec)
     if scheme == "zeropoint":
         levels = levels - 7  # zero point 7 with the range's ends at -7 and 8 steps
@@ -197,3 +204,9 @@ def test_reference_figures_on_gaussian_weights():
     mse2 = rel_mse(x, QuantSpec("zeropoint", 2, search="mse", **g64))
     assert rtn2 == pytest.approx(0.209, rel=0.02)
     assert mse2 < 0.13
+    # the 4-bit float formats' block scales (docs/SEARCH.md): NVFP4's E4M3 scale searched,
+    # MXFP4's power of two chosen among round-to-nearest's and its two neighbours
+    assert rel_mse(x, QuantSpec("nvfp4")) == pytest.approx(0.00903, rel=0.02)
+    assert rel_mse(x, QuantSpec("nvfp4", search="mse")) == pytest.approx(0.00741, rel=0.02)
+    assert rel_mse(x, QuantSpec("mxfp4")) == pytest.approx(0.01322, rel=0.02)
+    assert rel_mse(x, QuantSpec("mxfp4", search="mse")) == pytest.approx(0.01245, rel=0.02)

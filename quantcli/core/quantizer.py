@@ -181,7 +181,7 @@ def quantize(
             if spec.two_level:
                 p = _two_level(part, spec, name, superblocks, index)
             elif spec.search != "none":
-                p = _searched(tiles, spec, part, p, name)
+                p = _searched(tiles, spec, part, p, name, tensor_scale)
             params.part(tiles.param_index(index)).store(p)
             return chunk(index, part, p)
     else:
@@ -344,14 +344,16 @@ def _tensor_scale(x: np.ndarray, spec: QuantSpec, name: str) -> np.ndarray:
     return spec.format.tensor_scale_of(amax)
 
 
-def _searched(tiles, spec: QuantSpec, part: np.ndarray, p, name: str):
+def _searched(tiles, spec: QuantSpec, part: np.ndarray, p, name: str, tensor_scale=None):
     """Parameters ``p`` of chunk ``part`` refined by ``spec.search`` (``search/refine.py``),
     group by group: each group's result depends on that group alone, so chunking and threads
-    change nothing."""
+    change nothing. A format with a tensor scale g (nvfp4: the effective scale is the stored
+    one / g) is searched on x * g, in its stored scales' own units."""
     from quantcli.core.search.refine import CHECKED_BY_QUANTIZE, refine_affine, refine_symmetric
 
     scheme = spec.format
-    dtype = SCALE_KINDS[spec.scale_dtype].dtype
+    kind = SCALE_KINDS[spec.scale_dtype]  # the search compares scales as they are stored
+    g = None if tensor_scale is None else np.float32(np.asarray(tensor_scale).reshape(-1)[0])
     scale = p.scale.copy()
     zp = None if p.zero_point is None else p.zero_point.copy()
     if tiles.granularity == "group":
@@ -370,15 +372,18 @@ def _searched(tiles, spec: QuantSpec, part: np.ndarray, p, name: str):
         if rows * k * n == 0:  # no weights: nothing to search
             continue
         x = view.reshape(rows * k, n)
+        if g is not None:
+            with np.errstate(over="ignore"):
+                x = x * g
         if scheme.has_zero_point:
             s, z = refine_affine(
                 x, spec.search, spec.bits, scale[:, cols].reshape(-1),
-                zp[:, cols].reshape(-1), dtype, name,
+                zp[:, cols].reshape(-1), kind, name,
             )  # fmt: skip
             zp[:, cols] = z.reshape(rows, k)
         else:
             rtn = scale[:, cols].reshape(-1)
-            s = refine_symmetric(x, spec.search, spec.scheme, spec.bits, rtn, dtype, name)
+            s = refine_symmetric(x, spec.search, spec.scheme, spec.bits, rtn, kind, name)
         scale[:, cols] = s.reshape(rows, k)
     shape = p.scale.shape
     scale, zp = scale.reshape(shape), None if zp is None else zp.reshape(shape)
@@ -386,25 +391,29 @@ def _searched(tiles, spec: QuantSpec, part: np.ndarray, p, name: str):
         # the plain squared error, checked as decompress will restore it (codes from the
         # float32 scale, decoded with the stored one): a group keeps round-to-nearest's
         # parameters unless the search's are strictly better there
-        before = _group_sse(tiles, spec, part, p.scale, p.zero_point)
-        after = _group_sse(tiles, spec, part, scale, zp)
+        before = _group_sse(tiles, spec, part, p.scale, p.zero_point, tensor_scale)
+        after = _group_sse(tiles, spec, part, scale, zp, tensor_scale)
         keep = after >= before
         scale = np.where(keep, p.scale, scale).astype(np.float32)
         if zp is not None:
             zp = np.where(keep, p.zero_point, zp).astype(np.uint8)
-    return scheme.searched(p, scale, zp, spec)
+    return scheme.searched(p, scale, zp, spec, tensor_scale)
 
 
-def _group_sse(tiles, spec: QuantSpec, part: np.ndarray, scale, zero_point) -> np.ndarray:
+def _group_sse(
+    tiles, spec: QuantSpec, part: np.ndarray, scale, zero_point, tensor_scale=None
+) -> np.ndarray:
     """float64 squared error of every group of chunk ``part`` (the parameter view's shape)
     with these parameters, as quantize encodes and dequantize restores them."""
     scheme, kind = spec.format, SCALE_KINDS[spec.scale_dtype]
     zp = _expand_optional(tiles, zero_point, part)
     codes = scratch("check-codes", part.shape, scheme.code_dtype)
-    scheme.encode(part, tiles.expand(scale, part), zp, spec, out=codes)
+    effective = scheme.effective_scale(scale, tensor_scale)
+    scheme.encode(part, tiles.expand(effective, part), zp, spec, out=codes)
     x_hat = scratch("check-x-hat", part.shape, np.float32)
     with np.errstate(over="ignore"):
-        scheme.decode(codes, tiles.expand(kind.load(kind.store(scale)), part), zp, out=x_hat)
+        restored = scheme.effective_scale(kind.load(kind.store(scale)), tensor_scale)
+        scheme.decode(codes, tiles.expand(restored, part), zp, out=x_hat)
     # the difference of two float32 values is exact in float64; squared and summed per group
     # in one einsum pass over each view of whole groups
     diff = scratch("check-diff", part.shape, np.float64)

@@ -62,8 +62,10 @@ class E8M0Kind(ScaleKind):
 
     def store(self, scale32: np.ndarray) -> np.ndarray:
         mantissa, exponent = np.frexp(np.asarray(scale32, np.float32))
-        # 2**k is frexp's (0.5, k + 1); the scheme guarantees an exact power of two in range
-        return (exponent.astype(np.int32) - 1 + 127).astype(np.uint8)
+        # 2**k is frexp's (0.5, k + 1), stored exactly (the schemes give exact powers of two);
+        # another value (a search's candidate) goes to the nearer power of two, in range
+        k = exponent.astype(np.int32) - 1 + (mantissa >= 0.75)
+        return (np.clip(k, -127, 127) + 127).astype(np.uint8)
 
     def load(self, stored: np.ndarray) -> np.ndarray:
         e = np.asarray(stored).astype(np.int32)

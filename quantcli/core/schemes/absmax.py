@@ -31,7 +31,7 @@ class Absmax(Scheme):
         scale = safe_scale(amax / np.float32(qmax), amax, qmax, spec, slack=0.25)
         return SymmetricParams(amax=amax, scale=scale)
 
-    def searched(self, p, scale, zero_point, spec: QuantSpec) -> SymmetricParams:
+    def searched(self, p, scale, zero_point, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         scale = np.asarray(scale, np.float32)
         return SymmetricParams(amax=scale * np.float32(spec.code_range[1]), scale=scale)
 

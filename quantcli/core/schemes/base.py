@@ -105,10 +105,13 @@ class Scheme:
         """Write the float32 reconstruction of ``codes`` into ``out``."""
         raise NotImplementedError
 
-    def searched(self, p: GroupParams, scale, zero_point, spec: QuantSpec) -> GroupParams:
-        """``p`` with the scales (and zero points) a search chose, its range [lo, hi] made the
-        one those parameters represent (values beyond it are clipped). Schemes that take a
-        search (``search/refine.py``) implement it."""
+    def searched(
+        self, p: GroupParams, scale, zero_point, spec: QuantSpec, tensor_scale=None
+    ) -> GroupParams:
+        """``p`` with the scales (and zero points) a search chose (stored values; the tensor
+        scale of a format that has one), its range [lo, hi] made the one those parameters
+        represent (values beyond it are clipped). Schemes that take a search
+        (``search/refine.py``) implement it."""
         raise NotImplementedError
 
     def tensor_scale_of(self, amax: float) -> np.ndarray:

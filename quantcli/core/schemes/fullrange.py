@@ -60,7 +60,7 @@ class Fullrange(Scheme):
         sign = np.where(hi >= -lo, np.float32(-1), np.float32(1))
         return FullrangeParams(lo=lo, hi=hi, scale=(magnitude * sign).astype(np.float32))
 
-    def searched(self, p, scale, zero_point, spec: QuantSpec) -> FullrangeParams:
+    def searched(self, p, scale, zero_point, spec: QuantSpec, tensor_scale=None) -> FullrangeParams:
         scale = np.asarray(scale, np.float32)
         qmin, qmax = self.code_range(spec.bits)
         ends = (np.float32(qmin) * scale, np.float32(qmax) * scale)

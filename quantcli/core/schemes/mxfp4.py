@@ -60,6 +60,12 @@ class E2M1Scheme(Scheme):
         np.take(e2m1.VALUES, codes, out=out)
         np.multiply(out, scale, out=out)
 
+    def searched(self, p, scale, zero_point, spec: QuantSpec, tensor_scale=None):
+        scale = np.asarray(scale, np.float32)
+        effective = self.effective_scale(scale, tensor_scale)
+        # the largest E2M1 magnitude is 6: beyond 6 * scale a value saturates
+        return SymmetricParams(amax=effective * np.float32(6), scale=scale)
+
 
 class MXFP4(E2M1Scheme):
     name = "mxfp4"

@@ -62,7 +62,7 @@ class NF4Scheme(Scheme):
         amax = np.maximum(hi, -lo)
         return SymmetricParams(amax=amax, scale=safe_scale(amax, amax, 1, spec, 0.0))
 
-    def searched(self, p, scale, zero_point, spec: QuantSpec) -> SymmetricParams:
+    def searched(self, p, scale, zero_point, spec: QuantSpec, tensor_scale=None) -> SymmetricParams:
         scale = np.asarray(scale, np.float32)
         return SymmetricParams(amax=scale, scale=scale)  # the levels span [-1, 1]
 

@@ -61,7 +61,7 @@ class Zeropoint(Scheme):
         zp = np.clip(np.rint(-lo / scale), 0, levels).astype(np.uint8)
         return ZeropointParams(lo=lo, hi=hi, scale=scale, zero_point=zp)
 
-    def searched(self, p, scale, zero_point, spec: QuantSpec) -> ZeropointParams:
+    def searched(self, p, scale, zero_point, spec: QuantSpec, tensor_scale=None) -> ZeropointParams:
         scale = np.asarray(scale, np.float32)
         zp = np.asarray(zero_point, np.uint8)
         lo = (-zp.astype(np.float32)) * scale

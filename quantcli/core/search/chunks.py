@@ -175,7 +175,12 @@ def weighted_sq_error(x: np.ndarray, x_hat: np.ndarray, w, out64: np.ndarray) ->
 
 
 def round_to(values: np.ndarray, dtype) -> np.ndarray:
-    """float32 ``values`` rounded to the nearest value of ``dtype`` (float32 kept as is)."""
+    """float32 ``values`` rounded to the nearest value of ``dtype`` (float32 kept as is), or
+    to what a scale kind (``scales.ScaleKind``: ``load(store(v))``) stores, as E8M0's powers
+    of two and E4M3 (a value it cannot store comes back non-finite or 0, and is not used)."""
+    if hasattr(dtype, "store"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return dtype.load(dtype.store(values)).astype(np.float32)
     dtype = np.dtype(dtype)
     if dtype == np.float32:
         return values

@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from quantcli.core.search.affine import AffineParams, affine_search
-from quantcli.core.search.grids import NF4, Grid, int_grid
+from quantcli.core.search.grids import E2M1, NF4, Grid, int_grid
 from quantcli.core.search.hqq import hqq_params
-from quantcli.core.search.symmetric import mse_scales
+from quantcli.core.search.symmetric import mse_scales, power_of_two_scales
 
 SEARCHES = ("none", "mse", "wmse", "hqq")
 # "auto", the default, picks one of them per spec: ``auto_search``
@@ -31,8 +31,9 @@ AUTO = "auto"
 # where the default turns the search on: at 4 bits and below, where round to nearest loses
 # the most, for the schemes whose searched ``quantize`` runs at >= 15 M weights/s on one
 # thread (docs/SEARCH.md, "Speed"). Not the -ct schemes (compressed-tensors' own observers,
-# byte for byte), nor nf4 (bitsandbytes' rule; its search runs at about 11 M/s), nor
-# two-level scales (about 6 M/s): ``--search mse`` turns it on for those.
+# byte for byte), nor nf4 (bitsandbytes' rule; its search runs at 11-17 M/s), nor mxfp4
+# and nvfp4 (the OCP, ggml and compressed-tensors rules), nor two-level scales (6-9 M/s):
+# ``--search mse`` turns it on for those.
 AUTO_SCHEMES = ("absmax", "fullrange", "zeropoint")
 AUTO_MAX_BITS = 4
 WEIGHTS = {"mse": "plain", "wmse": "rms_abs", "hqq": "plain"}
@@ -47,6 +48,10 @@ GRIDS: dict[str, Callable[[int], tuple[Grid, bool]]] = {
     "fullrange": lambda bits: (int_grid(bits, full_range=True), True),
     "fullrange-ct": lambda bits: (int_grid(bits, full_range=True), False),
     "nf4": lambda bits: (NF4, False),
+    # the 4-bit float formats: E2M1 elements under a searched block scale (E8M0, E4M3)
+    "mxfp4": lambda bits: (E2M1, False),
+    "mxfp4-ct": lambda bits: (E2M1, False),
+    "nvfp4": lambda bits: (E2M1, False),
 }
 AFFINE = ("zeropoint",)
 
@@ -77,6 +82,9 @@ def refine_symmetric(x, search: str, scheme: str, bits: int, rtn, scale_dtype, n
     """Searched scales, float32 (G,), for groups x float32 (G, n) of a symmetric scheme whose
     round-to-nearest scales are ``rtn`` (G,)."""
     grid, mirror = GRIDS[scheme](bits)
+    if getattr(scale_dtype, "name", None) == "e8m0":
+        # powers of two: the two neighbours of round-to-nearest's are all there is to try
+        return power_of_two_scales(x, grid, rtn, weights=WEIGHTS[search])
     return mse_scales(
         x, grid, weights=WEIGHTS[search], rtn=rtn, scale_dtype=scale_dtype, mirror=mirror,
         never_worse=not CHECKED_BY_QUANTIZE[search], name=name,

@@ -140,6 +140,25 @@ def symmetric_error(x, scale, grid: Grid, weights="plain") -> np.ndarray:
     return out
 
 
+def power_of_two_scales(x, grid: Grid, rtn, *, weights="plain") -> np.ndarray:
+    """The best of rtn / 2, rtn and 2 rtn for every group, float32 (G,): the scales a
+    power-of-two format (E8M0, as MXFP4's) can store near round-to-nearest's, each group's
+    error measured exactly (``symmetric_error``); rtn on ties. x float (G, n); rtn float32
+    (G,) powers of two."""
+    rtn = np.asarray(rtn, np.float32).reshape(-1)
+    best, best_error = rtn, symmetric_error(x, rtn, grid, weights)
+    for factor in (np.float32(2), np.float32(0.5)):
+        with np.errstate(over="ignore", under="ignore"):
+            scale = rtn * factor
+        ok = np.isfinite(scale) & (scale > 0)
+        scale = np.where(ok, scale, rtn).astype(np.float32)
+        error = symmetric_error(x, scale, grid, weights)
+        better = error < best_error
+        best = np.where(better, scale, best).astype(np.float32)
+        best_error = np.where(better, error, best_error)
+    return best
+
+
 def candidate_multipliers(grid: Grid, mirror: bool, count: int) -> np.ndarray:
     """Inverse scales to try, as multiples of round-to-nearest's: float64 (count,).
 
