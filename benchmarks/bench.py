@@ -793,6 +793,14 @@ def main() -> int:
     parser.add_argument("--skip-gguf", action="store_true")
     args = parser.parse_args()
     n = 2048 if args.quick else 8192
+    # byte-compile quant's modules, as installing a wheel does: with PYTHONDONTWRITEBYTECODE
+    # set (as on the project machines) an editable install recompiles every module each
+    # time `quant` starts, which the start-up and end-to-end cases would time
+    import compileall
+
+    import quantcli
+
+    compileall.compile_dir(Path(quantcli.__file__).parent, quiet=1)
     report = Report()
     bench_kernels(report, n, args.repeat)
     bench_formats(report, n, args.repeat)

@@ -114,6 +114,17 @@ def test_non_finite_weights_are_refused(bad):
             t.encode(x, name="w")
 
 
+def test_finite_weights_whose_sum_overflows_are_encoded():
+    """The finiteness check sums a chunk first: huge finite weights overflow that sum, and the
+    exact check then lets them through (+inf and -inf together sum to NaN: still refused)."""
+    x = np.full((4, 512), 3e38, np.float32)
+    for t in GGML_TYPES.values():
+        assert t.encode(x, name="w").shape == (4, t.row_bytes(512))
+    x[0, 0], x[1, 0] = np.inf, -np.inf
+    with pytest.raises(NonFiniteError, match="2 non-finite values"):
+        GGML_TYPES["Q8_0"].encode(x, name="w")
+
+
 def test_non_float_weights_are_refused():
     with pytest.raises(InputError, match="unsupported dtype int32"):
         encode(np.ones((2, 256), np.int32), "Q8_0")

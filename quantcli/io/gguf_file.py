@@ -323,7 +323,7 @@ def _read_value(cursor: _Cursor, vtype: GGUFValueType, where: str, depth: int = 
             f"{cursor.remaining()} bytes left in the file hold; {_CORRUPT_OR_CUT}"
         )
     if item_type == GGUFValueType.STRING:
-        items: Any = [_read_text(cursor, where) for _ in range(count)]
+        items: Any = _read_texts(cursor, count, where)
     elif item_type == GGUFValueType.ARRAY:
         items = [_read_value(cursor, item_type, where, depth + 1) for _ in range(count)]
     else:
@@ -331,6 +331,32 @@ def _read_value(cursor: _Cursor, vtype: GGUFValueType, where: str, depth: int = 
         if item_type == GGUFValueType.BOOL:
             items = items.view(np.bool_)
     return GGUFValue(GGUFValueType.ARRAY, items, item_type)
+
+
+_LENGTH = struct.Struct("<Q")
+
+
+def _read_texts(cursor: _Cursor, count: int, where: str) -> list[str]:
+    """``count`` strings, as ``_read_text`` reads them: a vocabulary holds tens of thousands,
+    so the loop checks bounds inline and leaves an item it cannot read (truncated, too long)
+    to ``_read_text``, which raises the error naming it."""
+    buffer, size, pos = cursor.buffer, cursor.size, cursor.pos
+    unpack = _LENGTH.unpack_from
+    out = []
+    append = out.append
+    for _ in range(count):
+        if pos + 8 <= size:
+            (length,) = unpack(buffer, pos)
+            end = pos + 8 + length
+            if length <= MAX_STRING_BYTES and end <= size:
+                append(bytes(buffer[pos + 8 : end]).decode("utf-8", "surrogateescape"))
+                pos = end
+                continue
+        cursor.pos = pos
+        append(_read_text(cursor, where))  # raises
+        pos = cursor.pos
+    cursor.pos = pos
+    return out
 
 
 def _read_text(cursor: _Cursor, where: str) -> str:

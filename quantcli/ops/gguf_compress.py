@@ -181,6 +181,8 @@ def encode_tensor(
     step = max(1, CHUNK_ELEMENTS // n)
     for start in range(0, rows.shape[0], step):
         part = rows[start : start + step]
+        if part.dtype != np.float32:  # once, for the encoder and the statistics
+            part = part.astype(np.float32)
         raw = codec.encode(part, name, search_for(type_name, search))
         out[start : start + step] = raw
         stats = stats.merge(ErrorStats.of(part, codec.decode(raw, n, name)))

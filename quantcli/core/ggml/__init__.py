@@ -130,9 +130,14 @@ class GGMLType:
         def run(chunk: tuple[int, int]) -> None:
             part = blocks[chunk[0] : chunk[1]]
             part = part if part.dtype == np.float32 else part.astype(np.float32)
-            lo, hi = part.min(initial=0.0), part.max(initial=0.0)
-            if not (np.isfinite(lo) and np.isfinite(hi)):
-                raise _nonfinite_error(x, name)
+            # one pass: a sum of finite values is finite unless it overflows, which only the
+            # exact check (two passes) then tells apart from an inf or NaN in the data
+            with np.errstate(over="ignore", invalid="ignore"):
+                finite = np.isfinite(np.add.reduce(part, axis=None))
+            if not finite:
+                lo, hi = part.min(initial=0.0), part.max(initial=0.0)
+                if not (np.isfinite(lo) and np.isfinite(hi)):
+                    raise _nonfinite_error(x, name)
             # as in llama.cpp, scales of huge weights overflow float16 to inf, and 1 / d
             # overflows for tiny ones (its codes then come from casting inf and NaN)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
