@@ -35,6 +35,9 @@ SPECS = [
     QuantSpec("zeropoint", 3, "group", group_size=9, search="mse"),
     QuantSpec("zeropoint", 4, "group", group_size=16, search="hqq", scale_dtype="float16"),
     QuantSpec("absmax", 4, "channel", search="mse"),
+    QuantSpec("mxfp4", search="mse"),
+    QuantSpec("nvfp4", search="mse"),
+    QuantSpec("mxfp4-ct", search="wmse"),
 ]
 
 
