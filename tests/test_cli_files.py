@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import typer
 import typer.testing
-from typer.testing import CliRunner
+from cli_runner import assert_fails, cli
 
 import quantcli
 from quantcli.cli import app
@@ -143,26 +143,7 @@ def _build_the_command_once():
     patch.undo()
 
 
-def run(*args, input: bytes | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input, env=ENV)
-
-
-def ok(*args, input: bytes | None = None):
-    result = run(*args, input=input)
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
-
-
-def assert_fails(result, code: int, *fragments: str) -> str:
-    """The failure contract: the exit code, one ``Error:`` line on stderr, nothing on stdout."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip("\n").split("\n")
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+run, ok = cli(100)
 
 
 # -- inputs --------------------------------------------------------------------------------

@@ -14,32 +14,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy as st_numpy
-from typer.testing import CliRunner
+from cli_runner import assert_fails, cli
 
-from quantcli.cli import app
 from quantcli.select import natural_key
 
-ENV = {"COLUMNS": "100", "NO_COLOR": "1"}
-
-
-def run(*args, input: bytes | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input, env=ENV)
-
-
-def ok(*args, input: bytes | None = None):
-    result = run(*args, input=input)
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
-
-
-def assert_fails(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+run, ok = cli(100)
 
 
 def tensors() -> dict[str, np.ndarray]:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import typer
 import typer.testing
+from cli_runner import assert_fails, cli
 from safetensors.numpy import load_file, save_file
-from typer.testing import CliRunner
 
 from quantcli.cli import app
 from quantcli.core.quantizer import quantize
@@ -27,8 +27,6 @@ from quantcli.core.spec import QuantSpec
 from quantcli.errors import SpecError
 from quantcli.io import compressed_tensors as ct
 from quantcli.io.quantized_format import stored_arrays
-
-ENV = {"COLUMNS": "120", "NO_COLOR": "1"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,25 +39,7 @@ def _build_the_command_once():
     patch.undo()
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
-
-
-def assert_fails(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip("\n").split("\n")
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+run, ok = cli(120)
 
 
 # -- layout --------------------------------------------------------------------------------

@@ -17,19 +17,17 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+from cli_runner import cli
 from safetensors import safe_open
-from typer.testing import CliRunner
 
 import quantcli
 import quantcli.io.quantized_format as quantized_format
-from quantcli.cli import app
 from quantcli.io import save_bytes
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 SAMPLES = HERE.parent / "sample_weights"
 TRANSFORMER = SAMPLES / "transformer.safetensors"
-ENV = {"COLUMNS": "100", "NO_COLOR": "1"}
 
 METADATA_KEYS = {
     "quant.format",
@@ -74,14 +72,7 @@ make_golden = _load_make_golden()
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def run(*args, input: bytes | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input, env=ENV)
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
+run, ok = cli(100)
 
 
 def read_header(data: bytes) -> tuple[dict, int]:

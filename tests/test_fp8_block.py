@@ -12,18 +12,16 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
+from cli_runner import cli
 from safetensors import safe_open
-from typer.testing import CliRunner
 
 import quantcli.core.quantizer as quantize_module
-from quantcli.cli import app
 from quantcli.core import QuantSpec, quantize
 from quantcli.core.layout import param_shape
 from quantcli.core.spec import parse_block_size
 from quantcli.errors import NonFiniteError, SpecError
 from quantcli.ops.plan import parse_spec
 
-ENV = {"COLUMNS": "100", "NO_COLOR": "1"}
 FORMATS = {"fp8": ml_dtypes.float8_e4m3fn, "fp8-e5m2": ml_dtypes.float8_e5m2}
 
 
@@ -172,8 +170,7 @@ def test_rule_key_parses_block_size():
 # -- the command line -------------------------------------------------------------------------
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+run, _ = cli(100)
 
 
 def test_compress_decompress_round_trip_and_inspect(tmp_path):

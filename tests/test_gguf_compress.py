@@ -16,34 +16,15 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_runner import assert_fails, cli
 
-from quantcli.cli import app
 from quantcli.core.ggml import GGML_TYPES
 
-ENV = {"COLUMNS": "160", "NO_COLOR": "1"}
 N_LAYER, DIM, FFN, VOCAB, N_HEAD, N_HEAD_KV = 8, 256, 288, 64, 8, 2
 LAYER_TENSORS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
-def run(*args, input: bytes | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input, env=ENV)
-
-
-def ok(*args, input: bytes | None = None):
-    result = run(*args, input=input)
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
-
-
-def assert_fails(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+run, ok = cli(160)
 
 
 def llama_tensors(reverse_layers: bool = False) -> dict[str, np.ndarray]:

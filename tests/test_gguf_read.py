@@ -12,34 +12,15 @@ import gguf
 import numpy as np
 import pytest
 import safetensors.numpy as st_numpy
-from typer.testing import CliRunner
+from cli_runner import assert_fails, cli
 
-from quantcli.cli import app
 from quantcli.core.ggml import GGML_TYPES
 from quantcli.io.gguf_file import DecodedGGUF, GGUFReader
 
 Q = gguf.GGMLQuantizationType
-ENV = {"COLUMNS": "160", "NO_COLOR": "1"}
 
 
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env=ENV)
-
-
-def ok(*args):
-    result = run(*args)
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
-
-
-def assert_fails(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+run, ok = cli(160)
 
 
 def originals() -> dict[str, np.ndarray]:

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_runner import cli
 
-from quantcli.cli import app
 from quantcli.errors import FormatError, UnsafeInputError
 from quantcli.io.detect import open_input
 from quantcli.io.gguf_file import GGUFReader
@@ -33,8 +32,7 @@ ENV = {"COLUMNS": "100", "NO_COLOR": "1"}
 TORCH_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
 
-def run(*args, input: bytes | None = None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input, env=ENV)
+run, _ = cli(100)
 
 
 def error_line(result, code: int = 1) -> str:
