@@ -12,6 +12,7 @@ ggml type name that is not (``Q4_K``, ``MXFP4``) means that type for every tenso
 rules would quantize ("pure"), as llama-quantize's ``--pure``, which ``pure=True`` gives for a
 mix name too. Either way a tensor whose rows do not fit the type's block falls back to
 llama.cpp's fallback type (``fallback_type``: a K-quant's 32-element type, else F16), or with
+``fallback=False`` is refused.
 """
 
 from __future__ import annotations
