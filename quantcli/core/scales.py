@@ -39,6 +39,7 @@ class ScaleKind:
     smallest: float  # smallest positive scale it stores
     largest: float  # largest scale it stores
     two_level = False  # a SuperBlockKind: codes under a float16 pair per super-block
+    powers_of_two = False  # an E8M0Kind: every scale a power of two
 
     @property
     def bits(self) -> int:
@@ -59,6 +60,8 @@ class ScaleKind:
 
 class E8M0Kind(ScaleKind):
     """Power-of-two scales stored as their biased exponent byte."""
+
+    powers_of_two = True  # a search has only round-to-nearest's neighbours to try
 
     def store(self, scale32: np.ndarray) -> np.ndarray:
         mantissa, exponent = np.frexp(np.asarray(scale32, np.float32))

@@ -272,7 +272,7 @@ def measure_types(
             elif kind in _FLOAT_TYPES:
                 written = kind
             else:
-                written, asked = fitted_type(t.name, kind, t.shape[-1])
+                written, asked = fitted_type(kind, t.shape[-1])
                 if asked is not None and not fallback:
                     continue
             if written in options:

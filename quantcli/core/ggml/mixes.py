@@ -382,7 +382,7 @@ def _mix_type(t: TensorFacts, cat: int, mix: Mix, facts: ModelFacts, counters: _
     return new
 
 
-def fitted_type(name: str, wanted: str, row: int) -> tuple[str, str | None]:
+def fitted_type(wanted: str, row: int) -> tuple[str, str | None]:
     """(type written, type asked when it fell back, else None) for rows of ``row`` elements:
     llama.cpp's tensor_type_fallback (a K-quant's 32-element fallback type, else F16)."""
     written = fallback_type(wanted, row)
@@ -431,7 +431,7 @@ def plan_types(
             cat = category(t.name)
             wanted = mix.default if mix.pure else _mix_type(t, cat, mix, facts, counters)
         row = t.shape[-1]
-        written, asked = fitted_type(t.name, wanted, row)
+        written, asked = fitted_type(wanted, row)
         if asked is not None and not fallback:
             raise BlockSizeError(
                 f"{wanted} in tensor {t.name}: row size ({row}) is not a multiple of {wanted} "

@@ -82,8 +82,8 @@ def refine_symmetric(x, search: str, scheme: str, bits: int, rtn, scale_dtype, n
     """Searched scales, float32 (G,), for groups x float32 (G, n) of a symmetric scheme whose
     round-to-nearest scales are ``rtn`` (G,)."""
     grid, mirror = GRIDS[scheme](bits)
-    if getattr(scale_dtype, "name", None) == "e8m0":
-        # powers of two: the two neighbours of round-to-nearest's are all there is to try
+    if getattr(scale_dtype, "powers_of_two", False):  # E8M0 (scales.E8M0Kind)
+        # the two neighbours of round-to-nearest's power of two are all there is to try
         return power_of_two_scales(x, grid, rtn, weights=WEIGHTS[search])
     return mse_scales(
         x, grid, weights=WEIGHTS[search], rtn=rtn, scale_dtype=scale_dtype, mirror=mirror,
